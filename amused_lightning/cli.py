@@ -1,0 +1,54 @@
+"""`python -m amused_lightning fit --config ...`: LightningCLI with aMUSEd's checkpointing defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from amused_lightning.data import AmusedDataModule
+from amused_lightning.module import AmusedModule
+
+
+def checkpoint_dir(default_root_dir: str | None) -> str:
+    """Checkpoints live in a fixed folder of the run, so `--ckpt_path last` finds them after a restart."""
+    return str(Path(default_root_dir or ".") / "checkpoints")
+
+
+class AmusedCLI(LightningCLI):
+    """LightningCLI whose checkpoints keep the newest K by step, plus `last`, in <default_root_dir>/checkpoints."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.every_n_train_steps": 500,
+            "checkpoint.save_top_k": -1,
+            "checkpoint.monitor": "step",
+            "checkpoint.mode": "max",
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "{step}",
+            "trainer.log_every_n_steps": 1,
+        })
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
+        parser.link_arguments("model.pretrained", "data.pretrained")
+        parser.link_arguments("model.revision", "data.revision")
+        parser.link_arguments("seed_everything", "model.seed")
+        parser.link_arguments("seed_everything", "data.seed")
+
+    def before_fit(self) -> None:
+        folder = Path(self.config_init[self.subcommand]["checkpoint"].dirpath)
+        existing = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+        if existing and self.config[self.subcommand].get("ckpt_path") is None:
+            raise FileExistsError(
+                f"checkpoint folder {str(folder)!r} already holds {len(existing)} checkpoints "
+                f"({existing[-1].name}, ...): resume with --ckpt_path last, or set another "
+                "trainer.default_root_dir. Nothing was overwritten."
+            )
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> AmusedCLI:
+    """Entry point; `args` lets tests drive the CLI without a subprocess."""
+    return AmusedCLI(AmusedModule, AmusedDataModule, seed_everything_default=0, args=args, run=run,
+                     auto_configure_optimizers=False,
+                     save_config_kwargs={"overwrite": True})

@@ -1,0 +1,119 @@
+"""Load the five aMUSEd components from a hub id, a local pipeline folder, or a preset built in code."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AmusedScheduler, UVit2DModel, VQModel
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+from amused_lightning.presets import PRESETS, byte_level_clip_tokenizer, clip_text_config
+
+log = logging.getLogger(__name__)
+
+SUBFOLDERS = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
+
+
+class ComponentLoadError(RuntimeError):
+    """A component could not be loaded from the source named in `model.pretrained`."""
+
+
+@dataclass
+class Components:
+    """The parts of an aMUSEd pipeline."""
+
+    transformer: UVit2DModel
+    vqvae: VQModel
+    text_encoder: CLIPTextModelWithProjection
+    tokenizer: CLIPTokenizer
+    scheduler: AmusedScheduler
+
+
+def load_components(pretrained: str, revision: str | None = None, variant: str | None = None,
+                    seed: int = 0) -> Components:
+    """All five components of `pretrained`; presets get random weights drawn from `seed`."""
+    if pretrained in PRESETS:
+        return _build_preset(pretrained, seed)
+    _check_local_layout(pretrained)
+    kwargs = dict(revision=revision, variant=variant)
+    return Components(
+        transformer=_load(UVit2DModel, pretrained, "transformer", **kwargs),
+        vqvae=_load(VQModel, pretrained, "vqvae", **kwargs),
+        text_encoder=_load(CLIPTextModelWithProjection, pretrained, "text_encoder", **kwargs),
+        tokenizer=load_tokenizer(pretrained, revision),
+        scheduler=_load(AmusedScheduler, pretrained, "scheduler", revision=revision),
+    )
+
+
+def load_tokenizer(pretrained: str, revision: str | None = None) -> CLIPTokenizer:
+    """The prompt tokenizer of `pretrained` (cheap: used by the data workers)."""
+    if pretrained in PRESETS:
+        return byte_level_clip_tokenizer()
+    _check_local_layout(pretrained)
+    return _load(CLIPTokenizer, pretrained, "tokenizer", revision=revision)
+
+
+def vq_downscale_factor(pretrained: str, revision: str | None = None) -> int:
+    """How many pixels one image token spans per side, read from the VQ config alone."""
+    if pretrained in PRESETS:
+        channels = PRESETS[pretrained]["vqvae"]["block_out_channels"]
+    else:
+        _check_local_layout(pretrained)
+        config = _load(VQModel, pretrained, "vqvae", revision=revision, config_only=True)
+        channels = config["block_out_channels"]
+    return 2 ** (len(channels) - 1)
+
+
+def _build_preset(name: str, seed: int) -> Components:
+    """Random-weight components with a preset's architecture."""
+    spec = PRESETS[name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = UVit2DModel(**spec["transformer"])
+        vqvae = VQModel(**spec["vqvae"])
+        text_encoder = CLIPTextModelWithProjection(clip_text_config(name))
+    return Components(transformer, vqvae, text_encoder, byte_level_clip_tokenizer(),
+                      AmusedScheduler(**spec["scheduler"]))
+
+
+def _is_local(pretrained: str) -> bool:
+    """Whether `pretrained` names a path rather than a hub id."""
+    return Path(pretrained).expanduser().exists() or pretrained.startswith((".", "/", "~"))
+
+
+def _check_local_layout(pretrained: str) -> None:
+    """Fail early, naming the missing parts, when a local folder is not a diffusers aMUSEd pipeline."""
+    if not _is_local(pretrained):
+        return
+    root = Path(pretrained).expanduser()
+    if not root.is_dir():
+        raise ComponentLoadError(f"model.pretrained={pretrained!r}: no such folder")
+    missing = [name for name in SUBFOLDERS if not (root / name).is_dir()]
+    if missing:
+        raise ComponentLoadError(
+            f"model.pretrained={pretrained!r} is not an aMUSEd pipeline folder: missing subfolders {missing} "
+            f"(expected {list(SUBFOLDERS)}, as written by AmusedPipeline.save_pretrained)"
+        )
+
+
+def _load(cls, pretrained: str, subfolder: str, config_only: bool = False, **kwargs):
+    """`cls.from_pretrained` (or `load_config`) with an error that says what to do when the hub is out of reach."""
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    try:
+        if config_only:
+            return cls.load_config(pretrained, subfolder=subfolder, **kwargs)
+        return cls.from_pretrained(pretrained, subfolder=subfolder, **kwargs)
+    except (OSError, ConnectionError, ValueError) as error:
+        if _is_local(pretrained):
+            raise ComponentLoadError(
+                f"model.pretrained={pretrained!r}: could not load {subfolder}/ ({error})"
+            ) from error
+        raise ComponentLoadError(
+            f"model.pretrained={pretrained!r}: could not load {subfolder}/ from the Hugging Face Hub, which is "
+            f"unreachable or does not have it. Download the pipeline elsewhere "
+            f"(`huggingface-cli download {pretrained} --local-dir <folder>`) and pass model.pretrained=<folder>, "
+            f"or use a preset ({', '.join(PRESETS)}). Cause: {error}"
+        ) from error

@@ -1,0 +1,20 @@
+"""The masked-token objective."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from amused_lightning.masking import IGNORE_INDEX
+
+
+def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (B, C, H, W) logits against (B, H, W) labels, averaged over the masked tokens only."""
+    # Under autocast cross_entropy already runs in fp32; an explicit upcast would only add a second logits copy.
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="mean")
+
+
+def masked_token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of masked tokens whose arg-max prediction is the true token."""
+    masked = labels != IGNORE_INDEX
+    return (logits.argmax(dim=1)[masked] == labels[masked]).float().mean()

@@ -1,0 +1,181 @@
+"""The LightningModule: the masked-token objective on aMUSEd, orchestrating the pure functions."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torchmetrics import MeanMetric
+
+from amused_lightning.checkpointing import enable_gradient_checkpointing
+from amused_lightning.components import load_components
+from amused_lightning.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
+from amused_lightning.loss import masked_token_loss
+from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
+from amused_lightning.optim import LR_SCHEDULES, lr_schedule, parameter_groups
+
+# The frozen VQ model and text encoder are kept in eval mode on purpose.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
+
+def step_seed(seed: int, rank: int, global_step: int, micro_batch: int) -> int:
+    """Seed of one micro-batch's masks and conditioning dropout: the same on a resumed run as on an unbroken one."""
+    return int(np.random.SeedSequence([seed, rank, global_step, micro_batch]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class AmusedModule(L.LightningModule):
+    """Finetunes an aMUSEd transformer by predicting randomly masked VQ image tokens."""
+
+    def __init__(
+        self,
+        pretrained: str = "tiny",
+        revision: str | None = None,
+        variant: str | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: str = "constant",
+        lr_warmup_steps: int = 0,
+        min_masking_rate: float = 0.0,
+        cond_dropout_prob: float = 0.0,
+        vq_chunk_size: int | None = None,
+        gradient_checkpointing: bool = False,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            pretrained: Hub id (amused/amused-256), local pipeline folder, or preset (tiny, amused-256-arch,
+                amused-512-arch: random weights, no download).
+            revision: Hub revision (branch, tag or commit) of `pretrained`.
+            variant: Weight file variant of `pretrained`, for example "fp16".
+            optimizer: Optimizer class and arguments; applied to two groups, biases/norms/embeddings without decay.
+            lr_scheduler: One of constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial.
+            lr_warmup_steps: Warmup length in optimizer steps.
+            min_masking_rate: Lower bound of the per-image mask ratio.
+            cond_dropout_prob: Probability that a sample trains on the empty prompt instead of its own.
+            vq_chunk_size: Images per VQ encoder call (bounds its activation memory); all at once when unset.
+            gradient_checkpointing: Recompute transformer activations in backward to save memory.
+            seed: Seed of masks and conditioning dropout, and of preset weights (linked to seed_everything).
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
+        _check_settings(self.hparams)
+        parts = load_components(pretrained, revision, variant, seed=seed)
+        self.transformer, self.vqvae, self.text_encoder = parts.transformer, parts.vqvae, parts.text_encoder
+        self.tokenizer, self.noise_scheduler = parts.tokenizer, parts.scheduler
+        self.vqvae.requires_grad_(False)
+        self.text_encoder.requires_grad_(False)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(self.transformer)
+        # Checkpoints hold only trained weights; the frozen parts come back from `pretrained`.
+        self.strict_loading = False
+        self.train_loss, self.train_masking_rate = MeanMetric(), MeanMetric()
+        self._empty_prompt: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def mask_id(self) -> int:
+        return self.transformer.config.vocab_size - 1
+
+    def train(self, mode: bool = True) -> AmusedModule:
+        super().train(mode)
+        self.vqvae.eval()
+        if not any(p.requires_grad for p in self.text_encoder.parameters()):
+            self.text_encoder.eval()
+        return self
+
+    def image_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pre-encoded `image_tokens` of the batch, else the VQ encoding of its `pixel_values`."""
+        if "image_tokens" in batch:
+            return batch["image_tokens"]
+        return encode_image_tokens(self.vqvae, batch["pixel_values"], self.hparams.vq_chunk_size)
+
+    def prompt_embeddings(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-encoded (`encoder_hidden_states`, `pooled_text_emb`) of the batch, else CLIP on its `input_ids`."""
+        if "encoder_hidden_states" in batch:
+            return batch["encoder_hidden_states"], batch["pooled_text_emb"]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_encoder_trains):
+            return encode_prompts(self.text_encoder, batch["input_ids"])
+
+    @property
+    def text_encoder_trains(self) -> bool:
+        return any(p.requires_grad for p in self.text_encoder.parameters())
+
+    def empty_prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of "" for conditioning dropout; cached while the text encoder is frozen."""
+        if self._empty_prompt is not None and not self.text_encoder_trains:
+            return self._empty_prompt
+        input_ids = tokenize_prompts(self.tokenizer, [""]).to(self.device)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_encoder_trains):
+            self._empty_prompt = encode_prompts(self.text_encoder, input_ids)
+        return self._empty_prompt
+
+    def masked_loss(self, tokens: torch.Tensor, mask: torch.Tensor, hidden: torch.Tensor, pooled: torch.Tensor,
+                    micro_conds: torch.Tensor) -> torch.Tensor:
+        """The loss of predicting the `mask`ed tokens (shared by training and validation)."""
+        inputs, labels = apply_mask(tokens, mask.view_as(tokens), self.mask_id)
+        logits = self.transformer(inputs, encoder_hidden_states=hidden, pooled_text_emb=pooled,
+                                  micro_conds=micro_conds)
+        return masked_token_loss(logits, labels)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        generator = self._micro_batch_generator(batch_idx)
+        tokens = self.image_tokens(batch)
+        ratios = sample_mask_ratios(tokens.shape[0], self.hparams.min_masking_rate, generator, self.device)
+        mask = random_token_mask(ratios, tokens[0].numel(), generator)
+        hidden, pooled = self.prompt_embeddings(batch)
+        if self.hparams.cond_dropout_prob > 0:
+            drop = torch.rand(tokens.shape[0], generator=generator, device=self.device) < self.hparams.cond_dropout_prob
+            hidden, pooled = drop_conditioning(hidden, pooled, *self.empty_prompt_embeddings(), drop)
+        loss = self.masked_loss(tokens, mask, hidden, pooled, batch["micro_conds"])
+        self.train_loss.update(loss.detach())
+        self.train_masking_rate.update(ratios)
+        return loss
+
+    def _micro_batch_generator(self, batch_idx: int) -> torch.Generator:
+        micro_batch = batch_idx % self.trainer.accumulate_grad_batches
+        seed = step_seed(self.hparams.seed, self.global_rank, self.global_step, micro_batch)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Once per optimizer step: the loss averaged over all micro-batches (and devices) it accumulated.
+        self.log("train/loss", self.train_loss.compute(), prog_bar=True)
+        self.log("train/masking_rate", self.train_masking_rate.compute())
+        self.log("train/lr", optimizer.param_groups[0]["lr"])
+        self.train_loss.reset()
+        self.train_masking_rate.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(parameter_groups([self.transformer, self.text_encoder]))
+        scheduler = lr_schedule(self.hparams.lr_scheduler, optimizer, self.hparams.lr_warmup_steps,
+                                int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def trained_state_keys(self) -> set[str]:
+        """State-dict keys of the parameters being trained."""
+        return {name for name, param in self.named_parameters() if param.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keys = self.trained_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = self.trained_state_keys() - set(checkpoint.get("state_dict", {}))
+        if missing:
+            raise ValueError(f"the checkpoint lacks {len(missing)} trained weights of this model (for example "
+                             f"{sorted(missing)[:3]}): it was written by a different model or finetuning mode")
+
+
+def _check_settings(hparams) -> None:
+    """Reject out-of-range settings before any weights are loaded."""
+    if hparams.lr_scheduler not in LR_SCHEDULES:
+        raise ValueError(f"model.lr_scheduler={hparams.lr_scheduler!r} is not one of {list(LR_SCHEDULES)}")
+    for name in ("min_masking_rate", "cond_dropout_prob"):
+        if not 0.0 <= hparams[name] <= 1.0:
+            raise ValueError(f"model.{name}={hparams[name]} must lie in [0, 1]")
+    if hparams.vq_chunk_size is not None and hparams.vq_chunk_size < 1:
+        raise ValueError(f"model.vq_chunk_size={hparams.vq_chunk_size} must be a positive number of images")
+    if hparams.lr_warmup_steps < 0:
+        raise ValueError(f"model.lr_warmup_steps={hparams.lr_warmup_steps} must not be negative")

@@ -1,0 +1,46 @@
+import math
+
+import torch
+
+from amused_lightning.loss import masked_token_accuracy, masked_token_loss
+from amused_lightning.masking import IGNORE_INDEX
+
+
+def reference_loss(logits, labels):
+    """Straightforward mean of -log softmax over the masked positions."""
+    total, count = 0.0, 0
+    batch, codes, height, width = logits.shape
+    for b in range(batch):
+        for y in range(height):
+            for x in range(width):
+                label = int(labels[b, y, x])
+                if label == IGNORE_INDEX:
+                    continue
+                column = logits[b, :, y, x].double()
+                total += -(column[label] - torch.logsumexp(column, 0)).item()
+                count += 1
+    return total / count
+
+
+def test_loss_matches_direct_computation():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 10, 4, 5, generator=generator)
+    labels = torch.randint(0, 10, (3, 4, 5), generator=generator)
+    labels[torch.rand(3, 4, 5, generator=generator) < 0.6] = IGNORE_INDEX
+    assert math.isclose(masked_token_loss(logits, labels).item(), reference_loss(logits, labels), rel_tol=1e-5)
+
+
+def test_loss_ignores_unmasked_logits():
+    logits = torch.zeros(1, 4, 1, 2)
+    labels = torch.tensor([[[2, IGNORE_INDEX]]])
+    base = masked_token_loss(logits, labels)
+    logits[0, :, 0, 1] = torch.tensor([50.0, -50.0, 3.0, 9.0])
+    assert masked_token_loss(logits, labels) == base == torch.log(torch.tensor(4.0))
+
+
+def test_accuracy_counts_masked_positions_only():
+    logits = torch.zeros(1, 3, 1, 3)
+    logits[0, 1, 0, 0] = 1  # predicts 1, label 1: right
+    logits[0, 2, 0, 1] = 1  # predicts 2, label 0: wrong
+    labels = torch.tensor([[[1, 0, IGNORE_INDEX]]])
+    assert masked_token_accuracy(logits, labels).item() == 0.5
