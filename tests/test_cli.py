@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from amused_lightning.cli import cli_main
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def fit(root, dataset, *extra):
+    """Run `fit` on the tiny preset in-process; returns the CLI object."""
+    return cli_main([
+        "fit", "--trainer.default_root_dir", str(root), "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--model.pretrained", "tiny", "--data.dataset", str(dataset), "--data.resolution", "32",
+        "--data.batch_size", "4", *extra,
+    ])
+
+
+def transformer_weights(cli):
+    return {k: v.clone() for k, v in cli.model.transformer.state_dict().items()}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_shipped_config_parses(config):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+
+
+def test_fit_logs_and_checkpoints(tmp_path, toy_dataset):
+    cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "4", "--checkpoint.every_n_train_steps", "2",
+              "--checkpoint.save_top_k", "1")
+    assert cli.trainer.global_step == 4
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step=4.ckpt"], "save_top_k keeps only the newest step checkpoint, plus last"
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert all(key.startswith("transformer.") for key in checkpoint["state_dict"])
+    events = list((tmp_path / "lightning_logs").rglob("events.out.tfevents*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events[0]))
+    accumulator.Reload()
+    for tag in ("train/loss", "train/lr", "train/masking_rate"):
+        assert len(accumulator.Scalars(tag)) == 4, tag
+
+
+def test_resumed_run_ends_with_the_same_weights(tmp_path, toy_dataset):
+    # 12 images, batch 2, accumulation 2: 3 optimizer steps an epoch, so the checkpoint at step 2 is mid-epoch.
+    common = ("--data.batch_size", "2", "--trainer.accumulate_grad_batches", "2",
+              "--checkpoint.every_n_train_steps", "2",
+              "--model.cond_dropout_prob", "0.3", "--data.random_flip", "true", "--seed_everything", "7")
+    straight = fit(tmp_path / "straight", toy_dataset, "--trainer.max_steps", "4", *common)
+    fit(tmp_path / "resumed", toy_dataset, "--trainer.max_steps", "2", *common)
+    resumed = fit(tmp_path / "resumed", toy_dataset, "--trainer.max_steps", "4", "--ckpt_path", "last", *common)
+    assert resumed.trainer.global_step == 4
+    checkpoint = torch.load(tmp_path / "resumed" / "checkpoints" / "step=2.ckpt", weights_only=False)
+    assert checkpoint["AmusedDataModule"] == {"epoch": 0, "position": 8}
+    expected, actual = transformer_weights(straight), transformer_weights(resumed)
+    assert max((expected[k] - actual[k]).abs().max().item() for k in expected) <= 1e-6
+    initial = transformer_weights(fit(tmp_path / "none", toy_dataset, "--trainer.max_steps", "0"))
+    assert max((expected[k] - initial[k]).abs().max().item() for k in expected) > 1e-3, "training moved weights"
+
+
+def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, toy_dataset):
+    fit(tmp_path, toy_dataset, "--trainer.max_steps", "1", "--checkpoint.every_n_train_steps", "1")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").iterdir()}
+    with pytest.raises(FileExistsError, match="resume with --ckpt_path last"):
+        fit(tmp_path, toy_dataset, "--trainer.max_steps", "1")
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").iterdir()}
+
+
+def test_quickstart_config_values():
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml").read_text())
+    assert config["model"]["pretrained"] == "tiny"

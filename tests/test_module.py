@@ -1,0 +1,101 @@
+import copy
+
+import lightning as L
+import pytest
+import torch
+
+from amused_lightning.checkpointing import enable_gradient_checkpointing
+from amused_lightning.encoding import encode_prompts, tokenize_prompts
+from amused_lightning.module import AmusedModule
+from amused_lightning.optim import parameter_groups
+
+
+def batch_for(module, size=3, resolution=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "pixel_values": torch.rand(size, 3, resolution, resolution, generator=generator),
+        "micro_conds": torch.tensor([[resolution, resolution, 0, 0, 6.0]] * size),
+        "input_ids": tokenize_prompts(module.tokenizer, [f"a pixel art character number {i}" for i in range(size)]),
+    }
+
+
+def loss_and_grads(module, batch, generator_seed=0):
+    module.zero_grad()
+    tokens = module.image_tokens(batch)
+    mask = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(generator_seed)) < 0.5
+    hidden, pooled = module.prompt_embeddings(batch)
+    loss = module.masked_loss(tokens, mask, hidden, pooled, batch["micro_conds"])
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in module.transformer.named_parameters()}
+
+
+def test_gradient_checkpointing_gives_identical_loss_and_gradients():
+    plain = AmusedModule()
+    checkpointed = copy.deepcopy(plain)
+    enable_gradient_checkpointing(checkpointed.transformer)
+    batch = batch_for(plain)
+    loss, grads = loss_and_grads(plain, batch)
+    loss_ckpt, grads_ckpt = loss_and_grads(checkpointed, batch)
+    assert torch.equal(loss, loss_ckpt)
+    assert all(torch.allclose(grads[n], grads_ckpt[n], atol=1e-7, rtol=1e-6) for n in grads)
+    assert checkpointed.transformer.state_dict().keys() == plain.transformer.state_dict().keys()
+
+
+def test_gradient_checkpointing_actually_recomputes():
+    module = AmusedModule(gradient_checkpointing=True)
+    calls = []
+    module.transformer.transformer_layers[0].attn1.register_forward_hook(lambda *args: calls.append(1))
+    loss_and_grads(module, batch_for(module))
+    assert len(calls) == 2, "the checkpointed layer runs once in forward and again in backward"
+
+
+def test_training_is_reproducible_and_batches_may_carry_encodings():
+    module = AmusedModule(cond_dropout_prob=0.0)
+    batch = batch_for(module)
+    tokens = module.image_tokens(batch)
+    hidden, pooled = encode_prompts(module.text_encoder, batch["input_ids"])
+    pre_encoded = {"image_tokens": tokens, "encoder_hidden_states": hidden, "pooled_text_emb": pooled,
+                   "micro_conds": batch["micro_conds"]}
+    assert torch.equal(loss_and_grads(module, batch)[0], loss_and_grads(module, pre_encoded)[0])
+
+
+def test_full_conditioning_dropout_trains_on_the_empty_prompt():
+    dropped, plain = AmusedModule(cond_dropout_prob=1.0), AmusedModule()
+    batch = batch_for(dropped)
+    empty = dict(batch, input_ids=tokenize_prompts(plain.tokenizer, [""] * 3))
+    for module in (dropped, plain):
+        module.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                                   enable_progress_bar=False, enable_model_summary=False)
+    # Batched and single-prompt CLIP runs may differ in the last bits of float arithmetic.
+    assert torch.allclose(dropped.training_step(batch, 0), plain.training_step(empty, 0), rtol=1e-6, atol=0)
+    assert not torch.equal(plain.training_step(batch, 0), plain.training_step(empty, 0))
+
+
+def test_frozen_parts_stay_frozen_and_in_eval_mode():
+    module = AmusedModule().train()
+    assert not module.vqvae.training and not module.text_encoder.training and module.transformer.training
+    assert not any(p.requires_grad for p in module.vqvae.parameters())
+    assert not any(p.requires_grad for p in module.text_encoder.parameters())
+    assert module.trained_state_keys() == {f"transformer.{n}" for n, _ in module.transformer.named_parameters()}
+
+
+def test_no_weight_decay_on_biases_norms_and_embeddings():
+    module = AmusedModule()
+    decayed, exempt = parameter_groups([module.transformer, module.text_encoder])
+    names = {id(p): n for n, p in module.transformer.named_parameters()}
+    exempt_names = {names[id(p)] for p in exempt["params"]}
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    assert exempt["weight_decay"] == 0.0 and "weight_decay" not in decayed
+    assert {"embed.embeddings.weight", "mlm_layer.layer_norm.weight", "encoder_proj_layer_norm.weight"} <= exempt_names
+    assert all("norm" in n or "embed" in n or n.endswith("bias") or ".gamma" in n or ".beta" in n
+               for n in exempt_names)
+    assert {"encoder_proj.weight", "mlm_layer.conv2.weight"} <= decayed_names
+    assert len(exempt_names) + len(decayed_names) == len(names)
+
+
+@pytest.mark.parametrize("setting, value", [("min_masking_rate", 1.5), ("cond_dropout_prob", -0.1),
+                                            ("vq_chunk_size", 0), ("lr_scheduler", "warm"),
+                                            ("lr_warmup_steps", -1)])
+def test_bad_settings_are_rejected_with_their_name(setting, value):
+    with pytest.raises(ValueError, match=f"model.{setting}={value!r}".replace("'", ".?").replace("(", r"\(")):
+        AmusedModule(**{setting: value})
