@@ -37,7 +37,7 @@ class AmusedModule(L.LightningModule):
         variant: str | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: str = "constant",
-        lr_warmup_steps: int = 0,
+        lr_warmup_steps: int = 500,
         min_masking_rate: float = 0.0,
         cond_dropout_prob: float = 0.0,
         vq_chunk_size: int | None = None,
