@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from amused_lightning.data import AmusedDataModule
+from amused_lightning.export import FinalExport
 from amused_lightning.module import AmusedModule
 
 
@@ -21,6 +22,7 @@ class AmusedCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FinalExport, "export")
         parser.set_defaults({
             "checkpoint.every_n_train_steps": 500,
             "checkpoint.save_top_k": -1,
@@ -33,6 +35,7 @@ class AmusedCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.link_arguments("model.pretrained", "data.pretrained")
         parser.link_arguments("model.revision", "data.revision")
+        parser.link_arguments("data.batch_size", "model.batch_size")
         parser.link_arguments("seed_everything", "model.seed")
         parser.link_arguments("seed_everything", "data.seed")
 

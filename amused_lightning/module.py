@@ -11,8 +11,10 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
+from amused_lightning.adapters import LoraSettings, TextEncoderLoraSettings, add_lora, check_lora_settings
 from amused_lightning.checkpointing import enable_gradient_checkpointing
-from amused_lightning.components import load_components
+from amused_lightning.components import Components, load_components
+from amused_lightning.ema import EmaSettings, TrainedWeightsEMA, check_ema_settings
 from amused_lightning.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
 from amused_lightning.loss import masked_token_loss
 from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
@@ -27,6 +29,9 @@ def step_seed(seed: int, rank: int, global_step: int, micro_batch: int) -> int:
     return int(np.random.SeedSequence([seed, rank, global_step, micro_batch]).generate_state(2, np.uint64)[0] >> 1)
 
 
+CHECKPOINT_MARK = "amused_lightning"
+
+
 class AmusedModule(L.LightningModule):
     """Finetunes an aMUSEd transformer by predicting randomly masked VQ image tokens."""
 
@@ -38,6 +43,12 @@ class AmusedModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: str = "constant",
         lr_warmup_steps: int = 500,
+        scale_lr: bool = False,
+        batch_size: int = 1,
+        lora: LoraSettings | None = None,
+        train_text_encoder: bool = False,
+        text_encoder_lora: TextEncoderLoraSettings | None = None,
+        ema: EmaSettings | None = None,
         min_masking_rate: float = 0.0,
         cond_dropout_prob: float = 0.0,
         vq_chunk_size: int | None = None,
@@ -53,6 +64,12 @@ class AmusedModule(L.LightningModule):
             optimizer: Optimizer class and arguments; applied to two groups, biases/norms/embeddings without decay.
             lr_scheduler: One of constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial.
             lr_warmup_steps: Warmup length in optimizer steps.
+            scale_lr: Multiply the learning rate by batch size x devices x accumulation steps.
+            batch_size: Per-device batch size, for `scale_lr` (linked to data.batch_size).
+            lora: Train a LoRA adapter on the transformer instead of all its weights.
+            train_text_encoder: Train the text encoder too: fully, or its LoRA adapter if `text_encoder_lora` is set.
+            text_encoder_lora: LoRA settings for the text encoder (needs `train_text_encoder`).
+            ema: Keep an exponential moving average of the trained weights, used for validation and export.
             min_masking_rate: Lower bound of the per-image mask ratio.
             cond_dropout_prob: Probability that a sample trains on the empty prompt instead of its own.
             vq_chunk_size: Images per VQ encoder call (bounds its activation memory); all at once when unset.
@@ -62,18 +79,37 @@ class AmusedModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
-        _check_settings(self.hparams)
+        # Hyperparameters store these as dicts (checkpoints stay plain data); the module uses the dataclasses.
+        self.lora = as_settings(LoraSettings, lora)
+        self.text_encoder_lora = as_settings(TextEncoderLoraSettings, text_encoder_lora)
+        ema = as_settings(EmaSettings, ema)
+        _check_settings(self.hparams, ema)
         parts = load_components(pretrained, revision, variant, seed=seed)
         self.transformer, self.vqvae, self.text_encoder = parts.transformer, parts.vqvae, parts.text_encoder
         self.tokenizer, self.noise_scheduler = parts.tokenizer, parts.scheduler
-        self.vqvae.requires_grad_(False)
-        self.text_encoder.requires_grad_(False)
-        if gradient_checkpointing:
-            enable_gradient_checkpointing(self.transformer)
+        self._choose_trained_weights(parts)
+        self.ema = TrainedWeightsEMA(self, ema) if ema is not None else None
         # Checkpoints hold only trained weights; the frozen parts come back from `pretrained`.
         self.strict_loading = False
         self.train_loss, self.train_masking_rate = MeanMetric(), MeanMetric()
         self._empty_prompt: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._ema_step = 0
+
+    def _choose_trained_weights(self, parts: Components) -> None:
+        """Freeze what does not train, add adapters, and set up gradient checkpointing."""
+        hp = self.hparams
+        parts.vqvae.requires_grad_(False)
+        parts.text_encoder.requires_grad_(hp.train_text_encoder and self.text_encoder_lora is None)
+        if self.text_encoder_lora is not None:
+            check_lora_settings(self.text_encoder_lora, parts.text_encoder, "model.text_encoder_lora")
+            add_lora(parts.text_encoder, self.text_encoder_lora)
+        if self.lora is not None:
+            check_lora_settings(self.lora, parts.transformer, "model.lora")
+            add_lora(parts.transformer, self.lora)
+        if hp.gradient_checkpointing:
+            enable_gradient_checkpointing(parts.transformer)
+            if hp.train_text_encoder:
+                parts.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     @property
     def mask_id(self) -> int:
@@ -139,6 +175,11 @@ class AmusedModule(L.LightningModule):
         seed = step_seed(self.hparams.seed, self.global_rank, self.global_step, micro_batch)
         return torch.Generator(device=self.device).manual_seed(seed)
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None and self.global_step > self._ema_step:
+            self.ema.update(self, self.global_step)
+            self._ema_step = self.global_step
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Once per optimizer step: the loss averaged over all micro-batches (and devices) it accumulated.
         self.log("train/loss", self.train_loss.compute(), prog_bar=True)
@@ -149,6 +190,10 @@ class AmusedModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(parameter_groups([self.transformer, self.text_encoder]))
+        if self.hparams.scale_lr:
+            factor = self.hparams.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
         scheduler = lr_schedule(self.hparams.lr_scheduler, optimizer, self.hparams.lr_warmup_steps,
                                 int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -160,15 +205,29 @@ class AmusedModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keys = self.trained_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
+        checkpoint[CHECKPOINT_MARK] = {"format": 1, "ema_step": self._ema_step}
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if CHECKPOINT_MARK not in checkpoint:
+            raise ValueError("not an amused_lightning checkpoint (it lacks the amused_lightning entry)")
         missing = self.trained_state_keys() - set(checkpoint.get("state_dict", {}))
         if missing:
             raise ValueError(f"the checkpoint lacks {len(missing)} trained weights of this model (for example "
                              f"{sorted(missing)[:3]}): it was written by a different model or finetuning mode")
+        self._ema_step = checkpoint[CHECKPOINT_MARK]["ema_step"]
+        if self.ema is not None:
+            # A run that turns EMA on when resuming starts the average from the checkpoint's weights.
+            self.ema.load_state_dict(checkpoint.get("ema") or checkpoint["state_dict"])
 
 
-def _check_settings(hparams) -> None:
+def as_settings(cls: type, value: Any) -> Any:
+    """`value` as a `cls` dataclass (None stays None; a dict from saved hyperparameters is converted)."""
+    return cls(**value) if isinstance(value, dict) else value
+
+
+def _check_settings(hparams, ema: EmaSettings | None) -> None:
     """Reject out-of-range settings before any weights are loaded."""
     if hparams.lr_scheduler not in LR_SCHEDULES:
         raise ValueError(f"model.lr_scheduler={hparams.lr_scheduler!r} is not one of {list(LR_SCHEDULES)}")
@@ -177,5 +236,9 @@ def _check_settings(hparams) -> None:
             raise ValueError(f"model.{name}={hparams[name]} must lie in [0, 1]")
     if hparams.vq_chunk_size is not None and hparams.vq_chunk_size < 1:
         raise ValueError(f"model.vq_chunk_size={hparams.vq_chunk_size} must be a positive number of images")
+    if ema is not None:
+        check_ema_settings(ema)
+    if hparams.text_encoder_lora is not None and not hparams.train_text_encoder:
+        raise ValueError("model.text_encoder_lora is set but model.train_text_encoder=False: set both to train it")
     if hparams.lr_warmup_steps < 0:
         raise ValueError(f"model.lr_warmup_steps={hparams.lr_warmup_steps} must not be negative")

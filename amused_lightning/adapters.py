@@ -1,0 +1,69 @@
+"""LoRA adapters through peft: on the UVit2D transformer and on CLIP's attention projections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.utils import get_peft_model_state_dict
+from torch import nn
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the transformer (the reference's --use_lora defaults)."""
+
+    r: int = 16
+    """Rank of the low-rank update."""
+    alpha: float = 32.0
+    """Scale numerator: the update is multiplied by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input."""
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v"])
+    """Names (last component) of the linear layers that get an adapter."""
+
+
+@dataclass
+class TextEncoderLoraSettings(LoraSettings):
+    """LoRA on the CLIP text encoder, aimed at CLIP's own attention projections."""
+
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+    """Names (last component) of CLIP's linear layers that get an adapter."""
+
+
+def lora_config(settings: LoraSettings) -> LoraConfig:
+    """The peft config of `settings`."""
+    return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=list(settings.target_modules), init_lora_weights=True)
+
+
+def check_lora_settings(settings: LoraSettings, model: nn.Module, setting: str) -> None:
+    """Reject a rank, alpha or dropout out of range, or a target that names no linear layer of `model`."""
+    if settings.r < 1 or settings.alpha <= 0 or not 0.0 <= settings.dropout < 1.0:
+        raise ValueError(f"{setting}: r={settings.r} must be >= 1, alpha={settings.alpha} > 0 and "
+                         f"dropout={settings.dropout} in [0, 1)")
+    linear_names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    unmatched = [target for target in settings.target_modules if target not in linear_names]
+    if unmatched or not settings.target_modules:
+        raise ValueError(f"{setting}.target_modules={list(settings.target_modules)}: {unmatched or 'empty'} "
+                         f"match no linear layer; choose among {sorted(linear_names)}")
+
+
+def add_lora(model: nn.Module, settings: LoraSettings) -> None:
+    """Freeze `model` and inject a trainable LoRA adapter named "default"."""
+    model.requires_grad_(False)
+    inject_adapter_in_model(lora_config(settings), model, adapter_name="default")
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter weights with peft's adapter name stripped (the layout diffusers' LoRA loaders read)."""
+    return get_peft_model_state_dict(model, adapter_name="default")
+
+
+def lora_metadata(model: nn.Module) -> dict:
+    """The adapter's LoraConfig as a JSON-ready dict, so a loader restores alpha and targets exactly."""
+    config = model.peft_config["default"].to_dict()
+    return {key: sorted(value) if isinstance(value, set) else value for key, value in config.items()}

@@ -1,0 +1,91 @@
+import sys
+
+import pytest
+import torch
+from diffusers import AmusedPipeline, UVit2DModel
+
+from amused_lightning.cli import cli_main
+from amused_lightning.components import load_components
+from amused_lightning.export import LORA_WEIGHT_NAME
+from amused_lightning.export import main as export_main
+from test_cli import fit
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, toy_dataset):
+    """A short LoRA (r 4, alpha 8) + EMA run on the tiny preset, with its final export."""
+    root = tmp_path_factory.mktemp("lora-run")
+    cli = fit(root, toy_dataset, "--trainer.max_steps", "3", "--model.lora.r", "4", "--model.lora.alpha", "8",
+              "--model.optimizer.init_args.lr", "0.05", "--model.ema.decay", "0.5")
+    return root, cli.model
+
+
+def transformer_inputs(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return dict(input_ids=torch.randint(0, 65, (2, 16, 16), generator=generator),
+                encoder_hidden_states=torch.randn(2, 77, 32, generator=generator),
+                pooled_text_emb=torch.randn(2, 32, generator=generator),
+                micro_conds=torch.tensor([[64.0, 64, 0, 0, 6]] * 2))
+
+
+def test_fit_exports_ema_weights_into_the_run_folder(lora_run):
+    root, module = lora_run
+    assert (root / "export" / LORA_WEIGHT_NAME).is_file() and (root / "export" / "model_index.json").is_file()
+
+
+def test_exported_lora_reloads_with_its_alpha(lora_run, tmp_path):
+    root, module = lora_run
+    export_main([str(root / "checkpoints" / "last.ckpt"), str(tmp_path), "--weights", "trained"])
+    fresh = load_components("tiny").transformer
+    fresh.load_lora_adapter(str(tmp_path), prefix="transformer", weight_name=LORA_WEIGHT_NAME)
+    inputs = transformer_inputs()
+    with torch.no_grad():
+        expected, actual = module.transformer(**inputs), fresh(**inputs)
+        base = load_components("tiny").transformer(**inputs)
+    assert (expected - base).abs().max() > 1e-4, "the adapter must have learned something"
+    assert torch.allclose(actual, expected, atol=1e-5), (actual - expected).abs().max()
+
+
+def test_exported_pipeline_loads_and_generates(lora_run, tmp_path):
+    root, module = lora_run
+    export_main([str(root / "checkpoints" / "last.ckpt"), str(tmp_path), "--merge-lora", "--weights", "ema"])
+    pipe = AmusedPipeline.from_pretrained(str(tmp_path))
+    image = pipe("a pixel art character", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                 output_type="pil").images[0]
+    assert image.size == (64, 64)
+    merged = UVit2DModel.from_pretrained(str(tmp_path / "transformer"))
+    inputs = transformer_inputs(1)
+    with module.ema.swapped_in(module), torch.no_grad():
+        expected = module.transformer(**inputs)
+    assert torch.allclose(merged(**inputs), expected, atol=1e-5)
+
+
+def test_export_refuses_an_existing_export_and_keeps_other_files(lora_run, tmp_path):
+    root, _ = lora_run
+    (tmp_path / "notes.txt").write_text("mine")
+    export_main([str(root / "checkpoints" / "last.ckpt"), str(tmp_path)])
+    stamp = (tmp_path / "model_index.json").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="already holds an export"):
+        export_main([str(root / "checkpoints" / "last.ckpt"), str(tmp_path)])
+    assert (tmp_path / "model_index.json").stat().st_mtime_ns == stamp
+    export_main([str(root / "checkpoints" / "last.ckpt"), str(tmp_path), "--overwrite"])
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_export_rejects_foreign_checkpoints(tmp_path):
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="not an amused_lightning checkpoint"):
+        export_main([str(tmp_path / "other.ckpt"), str(tmp_path / "out")])
+    (tmp_path / "junk.ckpt").write_text("junk")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        export_main([str(tmp_path / "junk.ckpt"), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_bitsandbytes_is_reported_at_parse_time(monkeypatch, capsys):
+    for name in [n for n in sys.modules if n == "bitsandbytes" or n.startswith("bitsandbytes.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--model.optimizer", "bitsandbytes.optim.AdamW8bit", "--data.image", "x.png"])
+    error = capsys.readouterr().err
+    assert 'Parser key "model.optimizer"' in error and "bitsandbytes" in error
