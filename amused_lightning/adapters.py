@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import json
+from pathlib import Path
+
 import torch
 from peft import LoraConfig, inject_adapter_in_model
-from peft.utils import get_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import safe_open
 from torch import nn
 
 
@@ -67,3 +71,26 @@ def lora_metadata(model: nn.Module) -> dict:
     """The adapter's LoraConfig as a JSON-ready dict, so a loader restores alpha and targets exactly."""
     config = model.peft_config["default"].to_dict()
     return {key: sorted(value) if isinstance(value, set) else value for key, value in config.items()}
+
+
+def load_lora_file(path: Path, models: dict[str, nn.Module]) -> list[str]:
+    """Inject and load the adapters of a LoRA safetensors file into `models` (by prefix); returns the prefixes."""
+    with safe_open(str(path), framework="pt") as file:
+        metadata = json.loads((file.metadata() or {}).get("lora_adapter_metadata", "{}"))
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    loaded = []
+    for prefix, model in models.items():
+        state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        if not state:
+            continue
+        config = {k[len(prefix) + 1:]: v for k, v in metadata.items() if k.startswith(prefix + ".")}
+        if not config:
+            raise ValueError(f"{path}: no LoRA config for {prefix!r} in the file's metadata (lora_adapter_metadata)")
+        inject_adapter_in_model(LoraConfig(**config), model, adapter_name="default")
+        result = set_peft_model_state_dict(model, state, adapter_name="default")
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"{path}: {prefix} weights that fit no adapter: {result.unexpected_keys[:3]}")
+        loaded.append(prefix)
+    if not loaded:
+        raise ValueError(f"{path} holds no transformer. or text_encoder. LoRA weights")
+    return loaded

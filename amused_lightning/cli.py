@@ -12,6 +12,14 @@ from amused_lightning.export import FinalExport
 from amused_lightning.module import AmusedModule
 
 
+def batches_between_validations(validation_steps: int, accumulate_grad_batches: int) -> int:
+    """Lightning counts validation intervals in batches; `validation_steps` counts optimizer steps."""
+    if validation_steps < 1:
+        raise ValueError(f"validation_steps={validation_steps} must be at least 1 "
+                         "(to turn validation off, set trainer.limit_val_batches: 0)")
+    return validation_steps * accumulate_grad_batches
+
+
 def checkpoint_dir(default_root_dir: str | None) -> str:
     """Checkpoints live in a fixed folder of the run, so `--ckpt_path last` finds them after a restart."""
     return str(Path(default_root_dir or ".") / "checkpoints")
@@ -23,7 +31,13 @@ class AmusedCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FinalExport, "export")
+        parser.add_argument("--validation_steps", type=int, default=100,
+                            help="Optimizer steps between validations (held-out loss and images); also at the end.")
         parser.set_defaults({
+            "trainer.check_val_every_n_epoch": None,
+            "trainer.num_sanity_val_steps": 0,
+            # no_grad rather than inference mode: metric states made in a validate() stay usable in a later fit.
+            "trainer.inference_mode": False,
             "checkpoint.every_n_train_steps": 500,
             "checkpoint.save_top_k": -1,
             "checkpoint.monitor": "step",
@@ -33,6 +47,8 @@ class AmusedCLI(LightningCLI):
             "trainer.log_every_n_steps": 1,
         })
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
+        parser.link_arguments(("validation_steps", "trainer.accumulate_grad_batches"), "trainer.val_check_interval",
+                              compute_fn=batches_between_validations)
         parser.link_arguments("model.pretrained", "data.pretrained")
         parser.link_arguments("model.revision", "data.revision")
         parser.link_arguments("data.batch_size", "model.batch_size")
@@ -48,6 +64,13 @@ class AmusedCLI(LightningCLI):
                 f"({existing[-1].name}, ...): resume with --ckpt_path last, or set another "
                 "trainer.default_root_dir. Nothing was overwritten."
             )
+
+
+    def after_fit(self) -> None:
+        # Validate the final weights unless the last step was just validated.
+        limit = self.trainer.limit_val_batches
+        if limit and self.model.last_validated_step != self.trainer.global_step:
+            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> AmusedCLI:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def prepare_output(folder: Path, overwrite: bool) -> None:
 
 def export_module(module: AmusedModule, folder: Path, weights: str = "ema", merge_lora: bool = False,
                   overwrite: bool = False) -> list[Path]:
-    """Write the LoRA file (for adapter runs) and the pipeline folder of `module`'s `weights` (ema or trained)."""
+    """The pipeline folder of `module`'s `weights` (ema or trained), plus, for unmerged adapters, the LoRA file."""
     if weights not in ("ema", "trained"):
         raise ValueError(f"weights={weights!r} must be 'ema' or 'trained'")
     if weights == "ema" and module.ema is None:
@@ -108,7 +109,8 @@ def export_module(module: AmusedModule, folder: Path, weights: str = "ema", merg
     chosen = module.ema.swapped_in(module) if weights == "ema" else nullcontext()
     written = []
     with chosen:
-        if has_lora(module.transformer) or has_lora(module.text_encoder):
+        # A merged pipeline already holds the adapters: a LoRA file beside it would be applied twice.
+        if not merge_lora and (has_lora(module.transformer) or has_lora(module.text_encoder)):
             written.append(write_lora_file(module, folder))
         written.append(write_pipeline(module, folder, merge_lora))
     return written
@@ -149,7 +151,10 @@ def load_checkpoint_module(path: str | Path) -> AmusedModule:
         raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint: {error}") from error
     if not ours:
         raise ValueError(f"{str(path)!r} is not an amused_lightning checkpoint (no {CHECKPOINT_MARK!r} entry)")
-    return AmusedModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    with warnings.catch_warnings():
+        # The frozen parts are absent on purpose; on_load_checkpoint checks that every trained weight is there.
+        warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in")
+        return AmusedModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("output", type=Path, help="folder to write the LoRA file and pipeline into")
     parser.add_argument("--weights", choices=("ema", "trained"), default=None,
                         help="EMA or raw trained weights (default: ema when the run kept one)")
-    parser.add_argument("--merge-lora", action="store_true", help="fold LoRA adapters into the pipeline weights")
+    parser.add_argument("--merge-lora", action="store_true",
+                        help="fold LoRA adapters into the pipeline weights (then no separate LoRA file is written)")
     parser.add_argument("--overwrite", action="store_true", help="replace an export already in the folder")
     args = parser.parse_args(argv)
     module = load_checkpoint_module(args.checkpoint)

@@ -14,7 +14,9 @@ def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="mean")
 
 
-def masked_token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Fraction of masked tokens whose arg-max prediction is the true token."""
+def masked_token_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per masked token: its cross-entropy and whether the arg-max prediction is right (both 1-D, fp32)."""
     masked = labels != IGNORE_INDEX
-    return (logits.argmax(dim=1)[masked] == labels[masked]).float().mean()
+    losses = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")[masked]
+    hits = (logits.argmax(dim=1)[masked] == labels[masked]).float()
+    return losses, hits

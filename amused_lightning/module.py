@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from PIL import Image
+from torch import nn
 from torchmetrics import MeanMetric
 
 from amused_lightning.adapters import LoraSettings, TextEncoderLoraSettings, add_lora, check_lora_settings
@@ -16,9 +20,17 @@ from amused_lightning.checkpointing import enable_gradient_checkpointing
 from amused_lightning.components import Components, load_components
 from amused_lightning.ema import EmaSettings, TrainedWeightsEMA, check_ema_settings
 from amused_lightning.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
-from amused_lightning.loss import masked_token_loss
+from amused_lightning.generation import (
+    GenerationSettings,
+    check_generation_settings,
+    decode_image_tokens,
+    generate_tokens,
+    to_pil,
+)
+from amused_lightning.loss import masked_token_loss, masked_token_scores
 from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
 from amused_lightning.optim import LR_SCHEDULES, lr_schedule, parameter_groups
+from amused_lightning.validation import held_out_mask, log_validation_images, save_validation_images
 
 # The frozen VQ model and text encoder are kept in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -53,6 +65,9 @@ class AmusedModule(L.LightningModule):
         cond_dropout_prob: float = 0.0,
         vq_chunk_size: int | None = None,
         gradient_checkpointing: bool = False,
+        validation_prompts: list[str] | None = None,
+        generation: GenerationSettings | None = None,
+        val_mask_ratios: list[float] | None = None,
         seed: int = 0,
     ):
         """
@@ -74,6 +89,9 @@ class AmusedModule(L.LightningModule):
             cond_dropout_prob: Probability that a sample trains on the empty prompt instead of its own.
             vq_chunk_size: Images per VQ encoder call (bounds its activation memory); all at once when unset.
             gradient_checkpointing: Recompute transformer activations in backward to save memory.
+            validation_prompts: Prompts whose images are generated at each validation (fixed seed).
+            generation: Sampling settings of those images (AmusedPipeline's defaults when unset).
+            val_mask_ratios: Mask ratios of the held-out loss (default 0.25, 0.5, 0.75, 1.0).
             seed: Seed of masks and conditioning dropout, and of preset weights (linked to seed_everything).
         """
         super().__init__()
@@ -83,7 +101,10 @@ class AmusedModule(L.LightningModule):
         self.lora = as_settings(LoraSettings, lora)
         self.text_encoder_lora = as_settings(TextEncoderLoraSettings, text_encoder_lora)
         ema = as_settings(EmaSettings, ema)
-        _check_settings(self.hparams, ema)
+        self.generation = as_settings(GenerationSettings, generation) or GenerationSettings()
+        self.validation_prompts = list(validation_prompts or [])
+        self.val_mask_ratios = list(val_mask_ratios or [0.25, 0.5, 0.75, 1.0])
+        _check_settings(self.hparams, ema, self.generation, self.val_mask_ratios)
         parts = load_components(pretrained, revision, variant, seed=seed)
         self.transformer, self.vqvae, self.text_encoder = parts.transformer, parts.vqvae, parts.text_encoder
         self.tokenizer, self.noise_scheduler = parts.tokenizer, parts.scheduler
@@ -92,6 +113,10 @@ class AmusedModule(L.LightningModule):
         # Checkpoints hold only trained weights; the frozen parts come back from `pretrained`.
         self.strict_loading = False
         self.train_loss, self.train_masking_rate = MeanMetric(), MeanMetric()
+        self.val_losses = nn.ModuleList(MeanMetric() for _ in self.val_mask_ratios)
+        self.val_accuracies = nn.ModuleList(MeanMetric() for _ in self.val_mask_ratios)
+        self._validation_context = ExitStack()
+        self.last_validated_step: int | None = None
         self._empty_prompt: tuple[torch.Tensor, torch.Tensor] | None = None
         self._ema_step = 0
 
@@ -170,6 +195,65 @@ class AmusedModule(L.LightningModule):
         self.train_masking_rate.update(ratios)
         return loss
 
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        tokens = self.image_tokens(batch)
+        hidden, pooled = self.prompt_embeddings(batch)
+        for i, ratio in enumerate(self.val_mask_ratios):
+            mask = held_out_mask(batch["position"], tokens[0].numel(), ratio, i, self.hparams.seed)
+            inputs, labels = apply_mask(tokens, mask.view_as(tokens), self.mask_id)
+            logits = self.transformer(inputs, encoder_hidden_states=hidden, pooled_text_emb=pooled,
+                                      micro_conds=batch["micro_conds"])
+            losses, hits = masked_token_scores(logits, labels)
+            self.val_losses[i].update(losses)
+            self.val_accuracies[i].update(hits)
+
+    def on_validation_epoch_start(self) -> None:
+        if self.ema is not None:
+            self._validation_context.enter_context(self.ema.swapped_in(self))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_held_out_scores()
+        if self.validation_prompts and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            with self.trainer.precision_plugin.forward_context():
+                images = self.generate(self.validation_prompts, seed=self.hparams.seed)
+            folder = Path(self.trainer.default_root_dir) / "validation"
+            save_validation_images(folder, self.global_step, self.validation_prompts, images)
+            log_validation_images(self.loggers, self.global_step, self.validation_prompts, images)
+        self._validation_context.close()
+        self.last_validated_step = self.global_step
+
+    def _log_held_out_scores(self) -> None:
+        """val/loss and val/accuracy per mask ratio and averaged over ratios (token-weighted within a ratio)."""
+        scores = {}
+        for ratio, loss, accuracy in zip(self.val_mask_ratios, self.val_losses, self.val_accuracies):
+            scores[f"val/loss_mask{round(ratio * 100)}"] = loss.compute()
+            scores[f"val/accuracy_mask{round(ratio * 100)}"] = accuracy.compute()
+            loss.reset()
+            accuracy.reset()
+        scores["val/loss"] = torch.stack([v for k, v in scores.items() if "/loss_" in k]).mean()
+        scores["val/accuracy"] = torch.stack([v for k, v in scores.items() if "/accuracy_" in k]).mean()
+        # Loggers get the number of optimizer steps behind these weights, the step the images carry too;
+        # self.log (logger off) feeds the progress bar and callbacks such as ModelCheckpoint(monitor="val/loss").
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            for logger in self.loggers:
+                logger.log_metrics({k: v.item() for k, v in scores.items()}, step=self.global_step)
+        self.log("val/loss", scores.pop("val/loss"), prog_bar=True, logger=False)
+        self.log_dict(scores, logger=False)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], settings: GenerationSettings | None = None, seed: int = 0,
+                 resolution: int | None = None) -> list[Image.Image]:
+        """Images for `prompts`, sampled as AmusedPipeline does with a generator seeded by `seed`."""
+        settings = settings or self.generation
+        factor = 2 ** (len(self.vqvae.config.block_out_channels) - 1)
+        size = resolution or self.transformer.config.sample_size * factor
+        hidden, pooled = encode_prompts(self.text_encoder, tokenize_prompts(self.tokenizer, prompts).to(self.device))
+        empty = tokenize_prompts(self.tokenizer, [""] * len(prompts)).to(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        tokens = generate_tokens(self.transformer, hidden, pooled, *encode_prompts(self.text_encoder, empty),
+                                 (size // factor, size // factor), size, settings, self.mask_id, generator)
+        return to_pil(decode_image_tokens(self.vqvae, tokens))
+
     def _micro_batch_generator(self, batch_idx: int) -> torch.Generator:
         micro_batch = batch_idx % self.trainer.accumulate_grad_batches
         seed = step_seed(self.hparams.seed, self.global_rank, self.global_step, micro_batch)
@@ -227,8 +311,12 @@ def as_settings(cls: type, value: Any) -> Any:
     return cls(**value) if isinstance(value, dict) else value
 
 
-def _check_settings(hparams, ema: EmaSettings | None) -> None:
+def _check_settings(hparams, ema: EmaSettings | None, generation: GenerationSettings,
+                    val_mask_ratios: list[float]) -> None:
     """Reject out-of-range settings before any weights are loaded."""
+    check_generation_settings(generation, "model.generation")
+    if not val_mask_ratios or not all(0.0 < r <= 1.0 for r in val_mask_ratios):
+        raise ValueError(f"model.val_mask_ratios={val_mask_ratios} must be ratios in (0, 1]")
     if hparams.lr_scheduler not in LR_SCHEDULES:
         raise ValueError(f"model.lr_scheduler={hparams.lr_scheduler!r} is not one of {list(LR_SCHEDULES)}")
     for name in ("min_masking_rate", "cond_dropout_prob"):

@@ -17,7 +17,7 @@ def test_parquet_dataset_batches(toy_dataset):
     batch = first_batch(AmusedDataModule(dataset=str(toy_dataset), resolution=64, batch_size=4, prompt_prefix="x "))
     assert batch["pixel_values"].shape == (4, 3, 64, 64)
     assert batch["micro_conds"].shape == (4, 5) and (batch["micro_conds"][:, :2] == 80).all()
-    assert batch["input_ids"].shape == (4, 77) and "position" not in batch
+    assert batch["input_ids"].shape == (4, 77) and batch["position"].tolist() == [0, 1, 2, 3]
 
 
 def test_prompt_prefix_is_prepended(toy_dataset):

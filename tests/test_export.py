@@ -8,7 +8,7 @@ from amused_lightning.cli import cli_main
 from amused_lightning.components import load_components
 from amused_lightning.export import LORA_WEIGHT_NAME
 from amused_lightning.export import main as export_main
-from test_cli import fit
+from helpers import fit
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,7 @@ def test_exported_lora_reloads_with_its_alpha(lora_run, tmp_path):
 def test_exported_pipeline_loads_and_generates(lora_run, tmp_path):
     root, module = lora_run
     export_main([str(root / "checkpoints" / "last.ckpt"), str(tmp_path), "--merge-lora", "--weights", "ema"])
+    assert not (tmp_path / LORA_WEIGHT_NAME).exists(), "merged weights must not come with a LoRA file to re-apply"
     pipe = AmusedPipeline.from_pretrained(str(tmp_path))
     image = pipe("a pixel art character", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                  output_type="pil").images[0]

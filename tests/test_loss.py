@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from amused_lightning.loss import masked_token_accuracy, masked_token_loss
+from amused_lightning.loss import masked_token_loss, masked_token_scores
 from amused_lightning.masking import IGNORE_INDEX
 
 
@@ -38,9 +38,11 @@ def test_loss_ignores_unmasked_logits():
     assert masked_token_loss(logits, labels) == base == torch.log(torch.tensor(4.0))
 
 
-def test_accuracy_counts_masked_positions_only():
+def test_scores_cover_masked_positions_only():
     logits = torch.zeros(1, 3, 1, 3)
     logits[0, 1, 0, 0] = 1  # predicts 1, label 1: right
     logits[0, 2, 0, 1] = 1  # predicts 2, label 0: wrong
     labels = torch.tensor([[[1, 0, IGNORE_INDEX]]])
-    assert masked_token_accuracy(logits, labels).item() == 0.5
+    losses, hits = masked_token_scores(logits, labels)
+    assert hits.tolist() == [1.0, 0.0]
+    assert torch.allclose(losses.mean(), masked_token_loss(logits, labels))

@@ -16,6 +16,7 @@ from amused_lightning.data.sources import (
     HFDatasetSource,
     ImageFolderSource,
     SingleImageSource,
+    SubsetSource,
 )
 from amused_lightning.data.transforms import preprocess_image
 from amused_lightning.encoding import tokenize_prompts
@@ -61,6 +62,8 @@ class AmusedDataModule(L.LightningDataModule):
         center_crop: bool = False,
         random_flip: bool = False,
         aesthetic_score: float = 6.0,
+        val_split: str | None = None,
+        val_samples: int = 32,
         batch_size: int = 8,
         num_workers: int = 0,
         pretrained: str = "tiny",
@@ -80,6 +83,9 @@ class AmusedDataModule(L.LightningDataModule):
             center_crop: Crop the centre instead of a random square.
             random_flip: Flip half of the images horizontally.
             aesthetic_score: Aesthetic score put in every sample's micro-conditioning.
+            val_split: Split of `dataset` scored for the held-out loss. Unset: `val_samples` rows are held out of
+                training (at most a tenth of it; a single image, or under ten images, are scored themselves).
+            val_samples: How many samples the held-out loss scores (centre crops, fixed masks).
             batch_size: Images per device per micro-batch.
             num_workers: Data loader worker processes (decoding, cropping and tokenization happen there).
             pretrained: Where the tokenizer and VQ config come from (linked to model.pretrained).
@@ -91,22 +97,41 @@ class AmusedDataModule(L.LightningDataModule):
         chosen = [name for name in ("dataset", "image_dir", "image") if getattr(self.hparams, name) is not None]
         if len(chosen) != 1:
             raise DataSourceError(f"set exactly one of data.dataset, data.image_dir, data.image (got {chosen or 'none'})")
-        for name in ("resolution", "batch_size"):
+        for name in ("resolution", "batch_size", "val_samples"):
             if getattr(self.hparams, name) < 1:
                 raise DataSourceError(f"data.{name}={getattr(self.hparams, name)} must be positive")
         self.train_samples: TrainingSamples | None = None
+        self.val_samples: TrainingSamples | None = None
         self._sampler: ResumableSampler | None = None
         self._resume: tuple[int, int] | None = None
         self._consumed: tuple[int, int] | None = None
 
     def setup(self, stage: str) -> None:
         if self.train_samples is None:
+            hp = self.hparams
             self._check_resolution()
-            self.train_samples = TrainingSamples(
-                self._open_source(), load_tokenizer(self.hparams.pretrained, self.hparams.revision),
-                self.hparams.resolution, self.hparams.center_crop, self.hparams.random_flip,
-                self.hparams.aesthetic_score,
-            )
+            tokenizer = load_tokenizer(hp.pretrained, hp.revision)
+            train_source, val_source = self._split(self._open_source())
+            self.train_samples = TrainingSamples(train_source, tokenizer, hp.resolution, hp.center_crop,
+                                                 hp.random_flip, hp.aesthetic_score)
+            # Held-out samples are scored deterministically: centre crop, no flip.
+            self.val_samples = TrainingSamples(val_source, tokenizer, hp.resolution, True, False, hp.aesthetic_score)
+
+    def _split(self, source) -> tuple:
+        """(training source, held-out source) following `val_split` / `val_samples`."""
+        hp = self.hparams
+        if hp.val_split is not None:
+            if hp.dataset is None:
+                raise DataSourceError(f"data.val_split={hp.val_split!r} needs data.dataset")
+            held_out = HFDatasetSource(hp.dataset, hp.val_split, hp.image_key, hp.prompt_key, hp.prompt_prefix)
+            return source, SubsetSource(held_out, list(range(min(hp.val_samples, len(held_out)))))
+        if hp.image is not None:
+            return source, SubsetSource(source, [0])
+        count = min(hp.val_samples, len(source) // 10)
+        order = torch.randperm(len(source), generator=torch.Generator().manual_seed(hp.seed)).tolist()
+        if count == 0:  # too little data to spare any: score (some of) the training images themselves
+            return source, SubsetSource(source, sorted(order[:hp.val_samples]))
+        return SubsetSource(source, sorted(order[count:])), SubsetSource(source, sorted(order[:count]))
 
     def _check_resolution(self) -> None:
         factor = vq_downscale_factor(self.hparams.pretrained, self.hparams.revision)
@@ -134,11 +159,16 @@ class AmusedDataModule(L.LightningDataModule):
                           num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
+    def val_dataloader(self) -> DataLoader:
+        keys = [(index, 0, index) for index in range(len(self.val_samples))]
+        return DataLoader(self.val_samples, batch_size=self.hparams.batch_size, sampler=keys,
+                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        # Runs when the loop takes the batch for a step (not when it is prefetched): the exact resume point.
-        positions = batch.pop("position", None)
-        if positions is not None and self.trainer is not None and self.trainer.training:
-            self._consumed = (self.trainer.current_epoch, int(positions.max()) + 1)
+        # Runs when the loop takes a training batch for a step (not when it is prefetched): the exact resume point.
+        # Validation batches keep their positions: they fix the held-out masks.
+        if self.trainer is not None and self.trainer.training:
+            self._consumed = (self.trainer.current_epoch, int(batch.pop("position").max()) + 1)
         return batch
 
     def state_dict(self) -> dict[str, int]:

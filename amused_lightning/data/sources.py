@@ -98,6 +98,19 @@ class SingleImageSource:
         return self.image, self.prompt
 
 
+class SubsetSource:
+    """The rows of `source` at `indices`."""
+
+    def __init__(self, source, indices: list[int]):
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, str]:
+        return self.source[self.indices[index]]
+
+
 def _is_readable(path: Path) -> bool:
     """Whether PIL can open and verify the file (without a full decode); an unreadable one is logged."""
     try:

@@ -1,0 +1,98 @@
+"""Write PNGs for prompts from a run checkpoint, an exported pipeline folder, or a base model plus a LoRA file.
+
+    python -m amused_lightning generate "a pixel art character" --checkpoint runs/x/checkpoints/last.ckpt -o out/
+    python -m amused_lightning generate "a cat in [V] style" --pipeline runs/x/export -o out/
+    python -m amused_lightning generate "a cat" --pretrained amused/amused-256 --lora runs/x/export -o out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from amused_lightning.adapters import load_lora_file
+from amused_lightning.export import LORA_WEIGHT_NAME, load_checkpoint_module
+from amused_lightning.generation import GenerationSettings, check_generation_settings
+from amused_lightning.module import AmusedModule
+
+
+def output_names(prompts: list[str], num_images: int) -> list[str]:
+    """One file name per (prompt, image): index, then the prompt as a short slug."""
+    names = []
+    for p, prompt in enumerate(prompts):
+        slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "empty"
+        names += [f"{p:03d}-{i:02d}-{slug}.png" for i in range(num_images)]
+    return names
+
+
+def load_source(args: argparse.Namespace) -> AmusedModule:
+    """The model named by exactly one of --checkpoint, --pipeline, --pretrained (+ --lora)."""
+    if args.checkpoint:
+        return load_checkpoint_module(args.checkpoint)
+    module = AmusedModule(pretrained=args.pipeline or args.pretrained)
+    # An unmerged export keeps its adapters in a LoRA file beside the base weights: apply it as diffusers would.
+    lora = Path(args.lora) if args.lora else Path(args.pipeline) / LORA_WEIGHT_NAME if args.pipeline else None
+    if lora is not None and (args.lora or lora.is_file()):
+        load_lora_file(lora / LORA_WEIGHT_NAME if lora.is_dir() else lora,
+                       {"transformer": module.transformer, "text_encoder": module.text_encoder})
+    return module
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m amused_lightning generate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prompts", nargs="+", help="one or more prompts")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the PNGs")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a .ckpt written by fit")
+    source.add_argument("--pipeline", help="an aMUSEd pipeline folder; a pytorch_lora_weights.safetensors in it "
+                        "(an unmerged export) is applied")
+    source.add_argument("--pretrained", help="base model: hub id, pipeline folder or preset; add --lora")
+    parser.add_argument("--lora", help="LoRA file, or folder holding pytorch_lora_weights.safetensors")
+    parser.add_argument("--weights", choices=("ema", "trained"), default=None,
+                        help="for --checkpoint: EMA or raw weights (default: ema when the run kept one)")
+    parser.add_argument("--steps", type=int, default=12, help="decoding steps")
+    parser.add_argument("--guidance-scale", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=0, help="same seed and batch size give the same images")
+    parser.add_argument("--resolution", type=int, default=None, help="pixels per side (default: the model's)")
+    parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    parser.add_argument("--batch-size", type=int, default=4, help="images sampled together")
+    parser.add_argument("--overwrite", action="store_true", help="replace PNGs that already exist")
+    args = parser.parse_args(argv)
+    if args.lora and not args.pretrained:
+        parser.error("--lora goes with --pretrained")
+    if args.weights and not args.checkpoint:
+        parser.error("--weights goes with --checkpoint")
+    for name in ("num_images", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = parse(argv)
+    settings = GenerationSettings(num_inference_steps=args.steps, guidance_scale=args.guidance_scale)
+    check_generation_settings(settings, "--steps")
+    paths = [args.output / name for name in output_names(args.prompts, args.num_images)]
+    existing = [p.name for p in paths if p.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{len(existing)} files already exist in {str(args.output)!r} ({existing[0]}, ...): "
+                              "pass --overwrite to replace them")
+    module = load_source(args).eval().to("cuda" if torch.cuda.is_available() else "cpu")
+    weights = args.weights or ("ema" if module.ema is not None else "trained")
+    if weights == "ema" and module.ema is None:
+        raise ValueError("--weights ema but the checkpoint kept no EMA")
+    prompts = [prompt for prompt in args.prompts for _ in range(args.num_images)]
+    args.output.mkdir(parents=True, exist_ok=True)
+    with module.ema.swapped_in(module) if weights == "ema" else nullcontext():
+        for start in tqdm(range(0, len(prompts), args.batch_size), desc="generating", unit="batch"):
+            batch = prompts[start:start + args.batch_size]
+            images = module.generate(batch, settings, seed=args.seed + start, resolution=args.resolution)
+            for image, path in zip(images, paths[start:start + args.batch_size]):
+                image.save(path)
+    return paths

@@ -1,0 +1,50 @@
+"""Pieces of validation: fixed held-out masks, image grids, and where the pictures go."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+
+from amused_lightning.masking import random_token_mask
+
+
+def held_out_mask(positions: torch.Tensor, seq_len: int, ratio: float, ratio_index: int, seed: int) -> torch.Tensor:
+    """(B, L) masks fixed by (seed, sample position, ratio): the same at every evaluation."""
+    masks = []
+    for position in positions.tolist():
+        state = np.random.SeedSequence([seed, int(position), ratio_index]).generate_state(2, np.uint64)[0] >> 1
+        masks.append(random_token_mask(torch.tensor([ratio]), seq_len, torch.Generator().manual_seed(int(state))))
+    return torch.cat(masks).to(positions.device)
+
+
+def image_grid(images: list[Image.Image], columns: int = 4) -> Image.Image:
+    """Images tiled left to right, top to bottom."""
+    width, height = images[0].size
+    columns = min(columns, len(images))
+    grid = Image.new("RGB", (columns * width, math.ceil(len(images) / columns) * height))
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * width, (i // columns) * height))
+    return grid
+
+
+def save_validation_images(folder: Path, step: int, prompts: list[str], images: list[Image.Image]) -> Path:
+    """Write the step's grid as validation/step=NNNNNN.png, with prompts.txt giving the reading order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "prompts.txt").write_text("".join(f"{i}: {prompt}\n" for i, prompt in enumerate(prompts)))
+    path = folder / f"step={step:06d}.png"
+    image_grid(images).save(path)
+    return path
+
+
+def log_validation_images(loggers: list, step: int, prompts: list[str], images: list[Image.Image]) -> None:
+    """Each image to TensorBoard under a tag that carries its prompt."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            for i, (prompt, image) in enumerate(zip(prompts, images)):
+                logger.experiment.add_image(f"val_images/{i:02d} {prompt}", np.asarray(image), step,
+                                            dataformats="HWC")

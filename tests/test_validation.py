@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from amused_lightning.cli import cli_main
+from amused_lightning.validation import held_out_mask
+from helpers import fit, image_steps, scalars
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+PROMPTS = '["a pixel art character with square red glasses", "a pixel art character"]'
+
+
+def test_held_out_masks_are_fixed_and_exact():
+    positions = torch.tensor([0, 5, 9])
+    first = held_out_mask(positions, 64, 0.5, 1, seed=3)
+    assert torch.equal(first, held_out_mask(positions, 64, 0.5, 1, seed=3))
+    assert first.sum(dim=1).tolist() == [32, 32, 32]
+    assert not torch.equal(first[0], first[1])
+    assert not torch.equal(first, held_out_mask(positions, 64, 0.5, 2, seed=3))
+
+
+def test_fit_writes_validation_images_and_scores(tmp_path, toy_dataset):
+    fit(tmp_path, toy_dataset, "--trainer.max_steps", "3", "--validation_steps", "2",
+        "--model.validation_prompts", PROMPTS, "--model.generation.num_inference_steps", "2")
+    assert sorted(p.name for p in (tmp_path / "validation").glob("*.png")) == ["step=000002.png", "step=000003.png"]
+    assert "1: a pixel art character\n" in (tmp_path / "validation" / "prompts.txt").read_text()
+    assert image_steps(tmp_path) == {"val_images/00 a pixel art character with square red glasses": [2, 3],
+                                     "val_images/01 a pixel art character": [2, 3]}
+    for ratio in (25, 50, 75, 100):
+        assert [step for step, _ in scalars(tmp_path, f"val/loss_mask{ratio}")] == [2, 3]
+    overall = scalars(tmp_path, "val/loss")
+    per_ratio = [scalars(tmp_path, f"val/loss_mask{r}")[0][1] for r in (25, 50, 75, 100)]
+    assert overall[0][1] == pytest.approx(sum(per_ratio) / 4, rel=1e-5)
+
+
+def test_held_out_loss_is_deterministic_and_uses_ema(tmp_path, toy_dataset):
+    cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "2", "--validation_steps", "100",
+              "--model.ema.decay", "0.5")
+    def validate():
+        cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+        return {key: value.item() for key, value in cli.trainer.callback_metrics.items() if key.startswith("val/")}
+
+    first, second = validate(), validate()
+    assert len(first) == 10 and first == second
+    weights = {k: v.clone() for k, v in cli.model.state_dict().items()}
+    cli.model.ema = None  # the same weights without the average
+    raw = validate()
+    assert raw["val/loss"] != first["val/loss"], "validation must have used the EMA weights"
+    assert all(torch.equal(v, cli.model.state_dict()[k]) for k, v in weights.items()), "weights restored"
+
+
+@pytest.mark.slow
+def test_held_out_loss_falls_on_quickstart_data(tmp_path):
+    from make_toy_dataset import build
+
+    build(tmp_path / "toy", num_images=40, size=64, seed=0)
+    cli = cli_main(["--config", str(QUICKSTART), "--data.dataset", str(tmp_path / "toy"),
+                    "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_steps", "200",
+                    "--trainer.enable_progress_bar", "false", "--validation_steps", "100"], run=False)
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    before = cli.trainer.callback_metrics["val/loss"].item()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    losses = [value for _, value in scalars(tmp_path / "run", "val/loss")]
+    assert len(losses) == 3 and losses[-1] < losses[1] < before - 1.0, (before, losses)
