@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from PIL import Image
@@ -18,27 +17,18 @@ from torchmetrics import MeanMetric
 from amused_lightning.adapters import LoraSettings, TextEncoderLoraSettings, add_lora, check_lora_settings
 from amused_lightning.checkpointing import enable_gradient_checkpointing
 from amused_lightning.components import Components, load_components
-from amused_lightning.ema import EmaSettings, TrainedWeightsEMA, check_ema_settings
+from amused_lightning.ema import EmaSettings, TrainedWeightsEMA
 from amused_lightning.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
-from amused_lightning.generation import (
-    GenerationSettings,
-    check_generation_settings,
-    decode_image_tokens,
-    generate_tokens,
-    to_pil,
-)
+from amused_lightning.generation import GenerationSettings, decode_image_tokens, generate_tokens, to_pil
 from amused_lightning.loss import masked_token_loss, masked_token_scores
 from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
-from amused_lightning.optim import LR_SCHEDULES, lr_schedule, parameter_groups
+from amused_lightning.optim import lr_schedule, parameter_groups
+from amused_lightning.seeding import derive_seed
+from amused_lightning.settings import as_settings, check_model_settings
 from amused_lightning.validation import held_out_mask, log_validation_images, save_validation_images
 
 # The frozen VQ model and text encoder are kept in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-
-
-def step_seed(seed: int, rank: int, global_step: int, micro_batch: int) -> int:
-    """Seed of one micro-batch's masks and conditioning dropout: the same on a resumed run as on an unbroken one."""
-    return int(np.random.SeedSequence([seed, rank, global_step, micro_batch]).generate_state(2, np.uint64)[0] >> 1)
 
 
 CHECKPOINT_MARK = "amused_lightning"
@@ -104,7 +94,7 @@ class AmusedModule(L.LightningModule):
         self.generation = as_settings(GenerationSettings, generation) or GenerationSettings()
         self.validation_prompts = list(validation_prompts or [])
         self.val_mask_ratios = list(val_mask_ratios or [0.25, 0.5, 0.75, 1.0])
-        _check_settings(self.hparams, ema, self.generation, self.val_mask_ratios)
+        check_model_settings(self.hparams, ema, self.generation, self.val_mask_ratios)
         parts = load_components(pretrained, revision, variant, seed=seed)
         self.transformer, self.vqvae, self.text_encoder = parts.transformer, parts.vqvae, parts.text_encoder
         self.tokenizer, self.noise_scheduler = parts.tokenizer, parts.scheduler
@@ -173,13 +163,13 @@ class AmusedModule(L.LightningModule):
             self._empty_prompt = encode_prompts(self.text_encoder, input_ids)
         return self._empty_prompt
 
-    def masked_loss(self, tokens: torch.Tensor, mask: torch.Tensor, hidden: torch.Tensor, pooled: torch.Tensor,
-                    micro_conds: torch.Tensor) -> torch.Tensor:
-        """The loss of predicting the `mask`ed tokens (shared by training and validation)."""
+    def masked_logits(self, tokens: torch.Tensor, mask: torch.Tensor, hidden: torch.Tensor, pooled: torch.Tensor,
+                      micro_conds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits for `tokens` with `mask`ed positions hidden, and the labels to score them against."""
         inputs, labels = apply_mask(tokens, mask.view_as(tokens), self.mask_id)
         logits = self.transformer(inputs, encoder_hidden_states=hidden, pooled_text_emb=pooled,
                                   micro_conds=micro_conds)
-        return masked_token_loss(logits, labels)
+        return logits, labels
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         generator = self._micro_batch_generator(batch_idx)
@@ -190,7 +180,7 @@ class AmusedModule(L.LightningModule):
         if self.hparams.cond_dropout_prob > 0:
             drop = torch.rand(tokens.shape[0], generator=generator, device=self.device) < self.hparams.cond_dropout_prob
             hidden, pooled = drop_conditioning(hidden, pooled, *self.empty_prompt_embeddings(), drop)
-        loss = self.masked_loss(tokens, mask, hidden, pooled, batch["micro_conds"])
+        loss = masked_token_loss(*self.masked_logits(tokens, mask, hidden, pooled, batch["micro_conds"]))
         self.train_loss.update(loss.detach())
         self.train_masking_rate.update(ratios)
         return loss
@@ -200,10 +190,8 @@ class AmusedModule(L.LightningModule):
         hidden, pooled = self.prompt_embeddings(batch)
         for i, ratio in enumerate(self.val_mask_ratios):
             mask = held_out_mask(batch["position"], tokens[0].numel(), ratio, i, self.hparams.seed)
-            inputs, labels = apply_mask(tokens, mask.view_as(tokens), self.mask_id)
-            logits = self.transformer(inputs, encoder_hidden_states=hidden, pooled_text_emb=pooled,
-                                      micro_conds=batch["micro_conds"])
-            losses, hits = masked_token_scores(logits, labels)
+            losses, hits = masked_token_scores(*self.masked_logits(tokens, mask, hidden, pooled,
+                                                                   batch["micro_conds"]))
             self.val_losses[i].update(losses)
             self.val_accuracies[i].update(hits)
 
@@ -256,7 +244,8 @@ class AmusedModule(L.LightningModule):
 
     def _micro_batch_generator(self, batch_idx: int) -> torch.Generator:
         micro_batch = batch_idx % self.trainer.accumulate_grad_batches
-        seed = step_seed(self.hparams.seed, self.global_rank, self.global_step, micro_batch)
+        # Derived from where the step is, so a resumed run draws what an unbroken one would.
+        seed = derive_seed(self.hparams.seed, self.global_rank, self.global_step, micro_batch)
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -304,29 +293,3 @@ class AmusedModule(L.LightningModule):
         if self.ema is not None:
             # A run that turns EMA on when resuming starts the average from the checkpoint's weights.
             self.ema.load_state_dict(checkpoint.get("ema") or checkpoint["state_dict"])
-
-
-def as_settings(cls: type, value: Any) -> Any:
-    """`value` as a `cls` dataclass (None stays None; a dict from saved hyperparameters is converted)."""
-    return cls(**value) if isinstance(value, dict) else value
-
-
-def _check_settings(hparams, ema: EmaSettings | None, generation: GenerationSettings,
-                    val_mask_ratios: list[float]) -> None:
-    """Reject out-of-range settings before any weights are loaded."""
-    check_generation_settings(generation, "model.generation")
-    if not val_mask_ratios or not all(0.0 < r <= 1.0 for r in val_mask_ratios):
-        raise ValueError(f"model.val_mask_ratios={val_mask_ratios} must be ratios in (0, 1]")
-    if hparams.lr_scheduler not in LR_SCHEDULES:
-        raise ValueError(f"model.lr_scheduler={hparams.lr_scheduler!r} is not one of {list(LR_SCHEDULES)}")
-    for name in ("min_masking_rate", "cond_dropout_prob"):
-        if not 0.0 <= hparams[name] <= 1.0:
-            raise ValueError(f"model.{name}={hparams[name]} must lie in [0, 1]")
-    if hparams.vq_chunk_size is not None and hparams.vq_chunk_size < 1:
-        raise ValueError(f"model.vq_chunk_size={hparams.vq_chunk_size} must be a positive number of images")
-    if ema is not None:
-        check_ema_settings(ema)
-    if hparams.text_encoder_lora is not None and not hparams.train_text_encoder:
-        raise ValueError("model.text_encoder_lora is set but model.train_text_encoder=False: set both to train it")
-    if hparams.lr_warmup_steps < 0:
-        raise ValueError(f"model.lr_warmup_steps={hparams.lr_warmup_steps} must not be negative")

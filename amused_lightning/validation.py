@@ -11,14 +11,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from amused_lightning.masking import random_token_mask
+from amused_lightning.seeding import derive_seed
 
 
 def held_out_mask(positions: torch.Tensor, seq_len: int, ratio: float, ratio_index: int, seed: int) -> torch.Tensor:
     """(B, L) masks fixed by (seed, sample position, ratio): the same at every evaluation."""
     masks = []
     for position in positions.tolist():
-        state = np.random.SeedSequence([seed, int(position), ratio_index]).generate_state(2, np.uint64)[0] >> 1
-        masks.append(random_token_mask(torch.tensor([ratio]), seq_len, torch.Generator().manual_seed(int(state))))
+        generator = torch.Generator().manual_seed(derive_seed(seed, position, ratio_index))
+        masks.append(random_token_mask(torch.tensor([ratio]), seq_len, generator))
     return torch.cat(masks).to(positions.device)
 
 

@@ -6,6 +6,7 @@ import torch
 
 from amused_lightning.checkpointing import enable_gradient_checkpointing
 from amused_lightning.encoding import encode_prompts, tokenize_prompts
+from amused_lightning.loss import masked_token_loss
 from amused_lightning.module import AmusedModule
 from amused_lightning.optim import parameter_groups
 
@@ -24,7 +25,7 @@ def loss_and_grads(module, batch, generator_seed=0):
     tokens = module.image_tokens(batch)
     mask = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(generator_seed)) < 0.5
     hidden, pooled = module.prompt_embeddings(batch)
-    loss = module.masked_loss(tokens, mask, hidden, pooled, batch["micro_conds"])
+    loss = masked_token_loss(*module.masked_logits(tokens, mask, hidden, pooled, batch["micro_conds"]))
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in module.transformer.named_parameters()}
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 from torch.utils.data import Dataset, DistributedSampler
 
-
-def sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
-    """A 63-bit seed for one draw's random crop and flip."""
-    return int(np.random.SeedSequence([seed, epoch, rank, position]).generate_state(2, np.uint64)[0] >> 1)
+from amused_lightning.seeding import derive_seed
 
 
 class ResumableSampler(DistributedSampler):
@@ -35,4 +31,4 @@ class ResumableSampler(DistributedSampler):
             start = self._resume[1]
             self._resume = None
         for position in range(start, len(indices)):
-            yield indices[position], sample_seed(self.seed, self.epoch, self.rank, position), position
+            yield indices[position], derive_seed(self.seed, self.epoch, self.rank, position), position
