@@ -51,6 +51,8 @@ class AmusedCLI(LightningCLI):
                               compute_fn=batches_between_validations)
         parser.link_arguments("model.pretrained", "data.pretrained")
         parser.link_arguments("model.revision", "data.revision")
+        parser.link_arguments("model.variant", "data.variant")
+        parser.link_arguments("model.train_text_encoder", "data.cache_text", compute_fn=lambda trains: not trains)
         parser.link_arguments("data.batch_size", "model.batch_size")
         parser.link_arguments("seed_everything", "model.seed")
         parser.link_arguments("seed_everything", "data.seed")

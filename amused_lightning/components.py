@@ -11,6 +11,7 @@ from diffusers import AmusedScheduler, UVit2DModel, VQModel
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from amused_lightning.presets import PRESETS, byte_level_clip_tokenizer, clip_text_config
+from amused_lightning.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +68,49 @@ def vq_downscale_factor(pretrained: str, revision: str | None = None) -> int:
     return 2 ** (len(channels) - 1)
 
 
+def components_identity(pretrained: str, revision: str | None, variant: str | None, seed: int) -> str:
+    """What the frozen encoders' weights depend on: preset and seed, hub id and revision, or the local files."""
+    if pretrained in PRESETS:
+        return f"preset:{pretrained}:seed={seed}"
+    if not _is_local(pretrained):
+        return f"hub:{pretrained}@{revision}:{variant}"
+    root = Path(pretrained).expanduser().resolve()
+    files = sorted(p for part in ("vqvae", "text_encoder", "tokenizer") for p in (root / part).rglob("*") if p.is_file())
+    return f"local:{root}:{variant}:" + ";".join(f"{p.relative_to(root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                                                 for p in files)
+
+
 def _build_preset(name: str, seed: int) -> Components:
     """Random-weight components with a preset's architecture."""
+    vqvae, text_encoder, tokenizer, scheduler = _build_preset_frozen_parts(name, seed)
+    transformer = _seeded(lambda: UVit2DModel(**PRESETS[name]["transformer"]), seed, 0)
+    return Components(transformer, vqvae, text_encoder, tokenizer, scheduler)
+
+
+def _build_preset_frozen_parts(name: str, seed: int) -> tuple:
+    """The VQ model, text encoder, tokenizer and scheduler of a preset, each drawn from its own seed."""
     spec = PRESETS[name]
+    vqvae = _seeded(lambda: VQModel(**spec["vqvae"]), seed, 1)
+    text_encoder = _seeded(lambda: CLIPTextModelWithProjection(clip_text_config(name)), seed, 2)
+    return vqvae, text_encoder, byte_level_clip_tokenizer(), AmusedScheduler(**spec["scheduler"])
+
+
+def _seeded(build, seed: int, part: int):
+    """`build()` under its own seed, leaving the global random state as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        transformer = UVit2DModel(**spec["transformer"])
-        vqvae = VQModel(**spec["vqvae"])
-        text_encoder = CLIPTextModelWithProjection(clip_text_config(name))
-    return Components(transformer, vqvae, text_encoder, byte_level_clip_tokenizer(),
-                      AmusedScheduler(**spec["scheduler"]))
+        torch.manual_seed(derive_seed(seed, part))
+        return build()
+
+
+def load_frozen_encoders(pretrained: str, revision: str | None = None, variant: str | None = None,
+                         seed: int = 0) -> tuple[VQModel, CLIPTextModelWithProjection]:
+    """Just the VQ model and text encoder of `pretrained` (what pre-encoding needs), same weights as the module's."""
+    if pretrained in PRESETS:
+        return _build_preset_frozen_parts(pretrained, seed)[:2]
+    _check_local_layout(pretrained)
+    kwargs = dict(revision=revision, variant=variant)
+    return (_load(VQModel, pretrained, "vqvae", **kwargs),
+            _load(CLIPTextModelWithProjection, pretrained, "text_encoder", **kwargs))
 
 
 def _is_local(pretrained: str) -> bool:

@@ -9,7 +9,8 @@ from amused_lightning.masking import IGNORE_INDEX
 
 
 def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of (B, C, H, W) logits against (B, H, W) labels, averaged over the masked tokens only."""
+    """Cross-entropy of (B, C, H, W) logits against (B, H, W) labels (or (M, C) against (M,)), averaged over the
+    masked tokens only."""
     # Under autocast cross_entropy already runs in fp32; an explicit upcast would only add a second logits copy.
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="mean")
 

@@ -19,6 +19,7 @@ from amused_lightning.checkpointing import enable_gradient_checkpointing
 from amused_lightning.components import Components, load_components
 from amused_lightning.ema import EmaSettings, TrainedWeightsEMA
 from amused_lightning.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
+from amused_lightning.heads import enable_masked_head, logits_only_at
 from amused_lightning.generation import GenerationSettings, decode_image_tokens, generate_tokens, to_pil
 from amused_lightning.loss import masked_token_loss, masked_token_scores
 from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
@@ -55,6 +56,7 @@ class AmusedModule(L.LightningModule):
         cond_dropout_prob: float = 0.0,
         vq_chunk_size: int | None = None,
         gradient_checkpointing: bool = False,
+        logits_at_masked_only: bool = True,
         validation_prompts: list[str] | None = None,
         generation: GenerationSettings | None = None,
         val_mask_ratios: list[float] | None = None,
@@ -79,6 +81,7 @@ class AmusedModule(L.LightningModule):
             cond_dropout_prob: Probability that a sample trains on the empty prompt instead of its own.
             vq_chunk_size: Images per VQ encoder call (bounds its activation memory); all at once when unset.
             gradient_checkpointing: Recompute transformer activations in backward to save memory.
+            logits_at_masked_only: Evaluate the output head only where the loss needs it (same loss, less memory).
             validation_prompts: Prompts whose images are generated at each validation (fixed seed).
             generation: Sampling settings of those images (AmusedPipeline's defaults when unset).
             val_mask_ratios: Mask ratios of the held-out loss (default 0.25, 0.5, 0.75, 1.0).
@@ -121,6 +124,8 @@ class AmusedModule(L.LightningModule):
         if self.lora is not None:
             check_lora_settings(self.lora, parts.transformer, "model.lora")
             add_lora(parts.transformer, self.lora)
+        if hp.logits_at_masked_only:
+            enable_masked_head(parts.transformer)
         if hp.gradient_checkpointing:
             enable_gradient_checkpointing(parts.transformer)
             if hp.train_text_encoder:
@@ -140,7 +145,7 @@ class AmusedModule(L.LightningModule):
     def image_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pre-encoded `image_tokens` of the batch, else the VQ encoding of its `pixel_values`."""
         if "image_tokens" in batch:
-            return batch["image_tokens"]
+            return batch["image_tokens"].long()
         return encode_image_tokens(self.vqvae, batch["pixel_values"], self.hparams.vq_chunk_size)
 
     def prompt_embeddings(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,10 +171,15 @@ class AmusedModule(L.LightningModule):
     def masked_logits(self, tokens: torch.Tensor, mask: torch.Tensor, hidden: torch.Tensor, pooled: torch.Tensor,
                       micro_conds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits for `tokens` with `mask`ed positions hidden, and the labels to score them against."""
-        inputs, labels = apply_mask(tokens, mask.view_as(tokens), self.mask_id)
-        logits = self.transformer(inputs, encoder_hidden_states=hidden, pooled_text_emb=pooled,
-                                  micro_conds=micro_conds)
-        return logits, labels
+        mask = mask.view_as(tokens)
+        inputs, labels = apply_mask(tokens, mask, self.mask_id)
+        if not self.hparams.logits_at_masked_only:
+            return self.transformer(inputs, encoder_hidden_states=hidden, pooled_text_emb=pooled,
+                                    micro_conds=micro_conds), labels
+        with logits_only_at(self.transformer, mask):
+            logits = self.transformer(inputs, encoder_hidden_states=hidden, pooled_text_emb=pooled,
+                                      micro_conds=micro_conds)
+        return logits, tokens[mask]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         generator = self._micro_batch_generator(batch_idx)

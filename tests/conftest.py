@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,3 +33,16 @@ def toy_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Pre-encoded caches go to a folder of this test session, never to the user's."""
+    folder = tmp_path_factory.mktemp("amused-cache")
+    previous = os.environ.get("AMUSED_LIGHTNING_CACHE")
+    os.environ["AMUSED_LIGHTNING_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        del os.environ["AMUSED_LIGHTNING_CACHE"]
+    else:
+        os.environ["AMUSED_LIGHTNING_CACHE"] = previous

@@ -85,3 +85,11 @@ def test_unreachable_hub_says_to_pass_a_local_folder(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ComponentLoadError, match="pass model.pretrained=<folder>"):
         load_components("amused/amused-256")
+
+
+def test_frozen_encoders_alone_equal_the_full_load(tiny):
+    from amused_lightning.components import load_frozen_encoders
+
+    vqvae, text_encoder = load_frozen_encoders("tiny", seed=0)
+    for ours, full in ((vqvae, tiny.vqvae), (text_encoder, tiny.text_encoder)):
+        assert all(torch.equal(v, full.state_dict()[k]) for k, v in ours.state_dict().items())

@@ -14,7 +14,8 @@ def first_batch(datamodule):
 
 
 def test_parquet_dataset_batches(toy_dataset):
-    batch = first_batch(AmusedDataModule(dataset=str(toy_dataset), resolution=64, batch_size=4, prompt_prefix="x "))
+    batch = first_batch(AmusedDataModule(dataset=str(toy_dataset), resolution=64, batch_size=4, prompt_prefix="x ",
+                                         cache="off"))
     assert batch["pixel_values"].shape == (4, 3, 64, 64)
     assert batch["micro_conds"].shape == (4, 5) and (batch["micro_conds"][:, :2] == 80).all()
     assert batch["input_ids"].shape == (4, 77) and batch["position"].tolist() == [0, 1, 2, 3]
@@ -31,7 +32,7 @@ def test_save_to_disk_folder_and_other_keys(tmp_path):
     rows = {"picture": [Image.new("RGB", (40, 40), (9, 9, 9))] * 3, "caption": ["a", "b", "c"]}
     datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "saved"))
     batch = first_batch(AmusedDataModule(dataset=str(tmp_path / "saved"), image_key="picture",
-                                         prompt_key="caption", resolution=32, batch_size=3))
+                                         prompt_key="caption", resolution=32, batch_size=3, cache="off"))
     assert batch["pixel_values"].shape == (3, 3, 32, 32)
 
 
@@ -55,7 +56,7 @@ def test_image_dir_uses_stems_ignores_other_files_and_skips_unreadable(tmp_path,
 def test_single_image_repeats_with_fresh_crops(tmp_path):
     path = tmp_path / "A mushroom in [V] style.png"
     Image.effect_mandelbrot((96, 64), (-2, -1, 1, 1), 50).convert("RGB").save(path)
-    datamodule = AmusedDataModule(image=str(path), resolution=32, batch_size=4)
+    datamodule = AmusedDataModule(image=str(path), resolution=32, batch_size=4, cache="off")
     datamodule.setup("fit")
     assert datamodule.train_samples.source[0][1] == "A mushroom in [V] style"
     loader = iter(datamodule.train_dataloader())

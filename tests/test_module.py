@@ -100,3 +100,19 @@ def test_no_weight_decay_on_biases_norms_and_embeddings():
 def test_bad_settings_are_rejected_with_their_name(setting, value):
     with pytest.raises(ValueError, match=f"model.{setting}={value!r}".replace("'", ".?").replace("(", r"\(")):
         AmusedModule(**{setting: value})
+
+
+def test_head_at_masked_positions_only_gives_the_same_loss_and_gradients():
+    full = AmusedModule(logits_at_masked_only=False)
+    masked_only = AmusedModule(logits_at_masked_only=True)
+    batch = batch_for(full)
+    loss, grads = loss_and_grads(full, batch)
+    loss_masked, grads_masked = loss_and_grads(masked_only, batch)
+    assert torch.allclose(loss, loss_masked, rtol=1e-6, atol=0)
+    assert all(torch.allclose(grads[n], grads_masked[n], rtol=1e-4, atol=1e-7) for n in grads)
+    tokens = full.image_tokens(batch)
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[0, 0, 0] = mask[2, 3, 1] = True
+    hidden, pooled = full.prompt_embeddings(batch)
+    logits, labels = masked_only.masked_logits(tokens, mask, hidden, pooled, batch["micro_conds"])
+    assert logits.shape == (2, 64) and torch.equal(labels, tokens[mask])

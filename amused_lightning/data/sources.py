@@ -30,9 +30,14 @@ class HFDatasetSource:
         if len(self.rows) == 0:
             raise DataSourceError(f"data.dataset={path!r} split {split!r} has no rows")
         self.image_key, self.prompt_key, self.prefix = image_key, prompt_key, prompt_prefix or ""
+        self.prompts = [self.prefix + prompt for prompt in self.rows[prompt_key]]
+        self.identity = f"dataset:{path}:{split}:{self.rows._fingerprint}:{image_key}:{prompt_key}:{self.prefix}"
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def prompt(self, index: int) -> str:
+        return self.prompts[index]
 
     def __getitem__(self, index: int) -> tuple[Image.Image, str]:
         row = self.rows[index]
@@ -40,7 +45,7 @@ class HFDatasetSource:
         if not isinstance(image, Image.Image):
             raise DataSourceError(f"data.image_key={self.image_key!r}: row {index} holds {type(image).__name__}, "
                                   "not an image")
-        return image, self.prefix + row[self.prompt_key]
+        return image, self.prompts[index]
 
 
 def open_hf_dataset(path: str, split: str) -> datasets.Dataset:
@@ -70,9 +75,13 @@ class ImageFolderSource:
         if not self.paths:
             raise DataSourceError(f"data.image_dir={folder!r} holds no readable image "
                                   f"({len(candidates)} image files found)")
+        self.identity = "image_dir:" + ";".join(_file_identity(path) for path in self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def prompt(self, index: int) -> str:
+        return self.paths[index].stem
 
     def __getitem__(self, index: int) -> tuple[Image.Image, str]:
         path = self.paths[index]
@@ -80,35 +89,31 @@ class ImageFolderSource:
 
 
 class SingleImageSource:
-    """One image repeated `repeats` times per epoch (each draw gets its own random crop downstream)."""
+    """One image, prompted by its file name without the suffix."""
 
-    def __init__(self, image: str, repeats: int):
+    def __init__(self, image: str):
         path = Path(image).expanduser()
         if not path.is_file():
             raise DataSourceError(f"data.image={image!r} is not a file")
         if not _is_readable(path):
             raise DataSourceError(f"data.image={image!r} is not a readable image")
-        self.image, self.prompt, self.repeats = Image.open(path), path.stem, repeats
+        self.image, self.identity = Image.open(path), "image:" + _file_identity(path)
         self.image.load()
 
     def __len__(self) -> int:
-        return self.repeats
+        return 1
+
+    def prompt(self, index: int) -> str:
+        return Path(self.image.filename).stem
 
     def __getitem__(self, index: int) -> tuple[Image.Image, str]:
-        return self.image, self.prompt
+        return self.image, self.prompt(index)
 
 
-class SubsetSource:
-    """The rows of `source` at `indices`."""
-
-    def __init__(self, source, indices: list[int]):
-        self.source, self.indices = source, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, str]:
-        return self.source[self.indices[index]]
+def _file_identity(path: Path) -> str:
+    """A file's path, size and modification time: it changes whenever the file does."""
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _is_readable(path: Path) -> bool:

@@ -26,13 +26,22 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(values / top * 255.0, 0, 255).astype(np.uint8)
 
 
-def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
-    """Bilinear resize so the shorter side equals `size`, keeping the aspect ratio (as torchvision's Resize(int))."""
-    width, height = image.size
+def shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) once the shorter side is `size`, the longer one truncated as torchvision's Resize(int) does."""
     short, long = min(width, height), max(width, height)
-    new_short, new_long = size, int(size * long / short)
-    new_size = (new_short, new_long) if width <= height else (new_long, new_short)
+    new_long = int(size * long / short)
+    return (size, new_long) if width <= height else (new_long, size)
+
+
+def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
+    """Bilinear resize so the shorter side equals `size`, keeping the aspect ratio."""
+    new_size = shorter_side_size(*image.size, size)
     return image if new_size == image.size else image.resize(new_size, Image.Resampling.BILINEAR)
+
+
+def has_unique_crop(image: Image.Image, size: int) -> bool:
+    """Whether the resized image is already the square crop, so that every random crop is the same."""
+    return shorter_side_size(*image.size, size) == (size, size)
 
 
 def crop_offsets(width: int, height: int, size: int, rng: random.Random | None) -> tuple[int, int]:

@@ -1,0 +1,157 @@
+"""Image tokens and prompt embeddings encoded once, stored on disk, and read back memory-mapped.
+
+A cache lives in <cache_dir>/<key>/, the key hashing everything its contents depend on (the data, the frozen
+encoders, the transform settings, the rows, the text dtype), so a changed setting can never read a stale cache.
+Each image keeps up to `crops` pre-encoded random crops (a single one when its crop is unique and unflipped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from amused_lightning.data.transforms import has_unique_crop, preprocess_image
+from amused_lightning.encoding import encode_image_tokens, encode_prompts, tokenize_prompts
+from amused_lightning.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """Everything a cache's contents depend on."""
+
+    data: str
+    components: str
+    resolution: int
+    center_crop: bool
+    random_flip: bool
+    aesthetic_score: float
+    crops: int
+    rows: str
+    text_precision: str | None  # the precision prompts were encoded in; None: not cached (the text encoder trains)
+    seed: int
+
+    def key(self) -> str:
+        """A short hash naming the cache folder."""
+        text = json.dumps({"format": CACHE_FORMAT, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class TokenCache:
+    """Memory-mapped arrays of a built cache."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.meta = json.loads((folder / "meta.json").read_text())
+        self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")  # (N, K, h, w) int16
+        self.micro_conds = np.load(folder / "micro_conds.npy", mmap_mode="r")  # (N, K, 5)
+        self.num_crops = np.load(folder / "num_crops.npy")  # (N,)
+        self.has_text = self.meta["text_precision"] is not None
+        if self.has_text:
+            self.hidden = np.load(folder / "hidden.npy", mmap_mode="r")
+            self.pooled = np.load(folder / "pooled.npy", mmap_mode="r")
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def sample(self, row: int, seed: int) -> dict[str, torch.Tensor]:
+        """One of the row's cached crops, chosen by `seed`, with its micro_conds and prompt embeddings."""
+        crop = random.Random(seed).randrange(int(self.num_crops[row]))
+        sample = {"image_tokens": torch.from_numpy(self.tokens[row, crop].astype(np.int64)),
+                  "micro_conds": torch.from_numpy(np.array(self.micro_conds[row, crop]))}
+        if self.has_text:
+            sample["encoder_hidden_states"] = torch.from_numpy(np.array(self.hidden[row]))
+            sample["pooled_text_emb"] = torch.from_numpy(np.array(self.pooled[row]))
+        return sample
+
+
+def open_or_build(spec: CacheSpec, cache_dir: Path, source, rows: list[int], encoders, device: torch.device,
+                  autocast, batch_size: int, exact_only: bool, build: bool = True) -> TokenCache | None:
+    """The cache of `spec`, built first if absent and `build`. With `exact_only`, None when some image has several
+    possible crops (caching would change training); that finding is remembered beside the caches."""
+    folder, inexact = cache_dir / spec.key(), cache_dir / f"{spec.key()}.several-crops"
+    if (folder / "meta.json").exists():
+        log.info("reusing the pre-encoded cache %s", folder)
+        return TokenCache(folder)
+    if (exact_only and inexact.exists()) or not build:
+        return None
+    partial = cache_dir / f"{spec.key()}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        if not _build(spec, partial, source, rows, encoders(), device, autocast, batch_size, exact_only):
+            inexact.touch()
+            return None
+        if not folder.exists():  # a concurrent builder may have finished first
+            os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return TokenCache(folder)
+
+
+def _build(spec: CacheSpec, folder: Path, source, rows: list[int], encoders, device, autocast, batch_size: int,
+           require_unique_crops: bool) -> bool:
+    """Encode every row's crops and prompt into `folder`; False if a required unique crop is missing."""
+    vqvae, text_encoder, tokenizer = (part.to(device).eval() if hasattr(part, "eval") else part for part in encoders)
+    grid = spec.resolution // 2 ** (len(vqvae.config.block_out_channels) - 1)
+    tokens = np.lib.format.open_memmap(folder / "tokens.npy", "w+", np.int16, (len(rows), spec.crops, grid, grid))
+    conds = np.lib.format.open_memmap(folder / "micro_conds.npy", "w+", np.float32, (len(rows), spec.crops, 5))
+    num_crops = np.zeros(len(rows), dtype=np.int16)
+    text = None
+    for start in tqdm(range(0, len(rows), batch_size), desc="pre-encoding", unit="batch"):
+        images, prompts = zip(*(source[row] for row in rows[start:start + batch_size]))
+        crops = []
+        for offset, image in enumerate(images):
+            fixed = (spec.center_crop or has_unique_crop(image, spec.resolution)) and not spec.random_flip
+            if require_unique_crops and not fixed:
+                log.info("pre-encoding off: row %d has several possible crops (data.cache: on caches "
+                         "data.cache_crops of them per image)", rows[start + offset])
+                return False
+            num_crops[start + offset] = count = 1 if fixed else spec.crops
+            seeds = [derive_seed(spec.seed, rows[start + offset], crop) for crop in range(count)]
+            crops.append([preprocess_image(image, spec.resolution, random.Random(seed), spec.center_crop,
+                                           spec.random_flip, spec.aesthetic_score) for seed in seeds])
+        with torch.no_grad():
+            _encode_crops(vqvae, crops, tokens, conds, start, device)
+            if spec.text_precision is not None:
+                with autocast():
+                    hidden, pooled = encode_prompts(text_encoder, tokenize_prompts(tokenizer, list(prompts)).to(device))
+                text = text or _text_arrays(folder, len(rows), hidden, pooled)
+                text[0][start:start + len(prompts)] = hidden.float().cpu().numpy()
+                text[1][start:start + len(prompts)] = pooled.float().cpu().numpy()
+    np.save(folder / "num_crops.npy", num_crops)
+    for array in (tokens, conds, *(text or ())):
+        array.flush()
+    (folder / "meta.json").write_text(json.dumps({**asdict(spec), "format": CACHE_FORMAT}, indent=2))
+    return True
+
+
+def _encode_crops(vqvae, crops: list[list[dict]], tokens, conds, start: int, device) -> None:
+    """VQ-encode all crops of a batch of images in one call and store them per image."""
+    flat = [sample for image_crops in crops for sample in image_crops]
+    pixels = torch.stack([sample["pixel_values"] for sample in flat]).to(device)
+    encoded = encode_image_tokens(vqvae, pixels).cpu().numpy()
+    index = 0
+    for offset, image_crops in enumerate(crops):
+        for crop, sample in enumerate(image_crops):
+            tokens[start + offset, crop] = encoded[index]
+            conds[start + offset, crop] = sample["micro_conds"].numpy()
+            index += 1
+
+
+def _text_arrays(folder: Path, count: int, hidden: torch.Tensor, pooled: torch.Tensor) -> tuple:
+    """float32 memory-mapped outputs (exact for fp16, bf16 and fp32 values) shaped like `hidden` and `pooled` rows."""
+    return (np.lib.format.open_memmap(folder / "hidden.npy", "w+", np.float32, (count, *hidden.shape[1:])),
+            np.lib.format.open_memmap(folder / "pooled.npy", "w+", np.float32, (count, *pooled.shape[1:])))
