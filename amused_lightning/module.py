@@ -35,6 +35,17 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 CHECKPOINT_MARK = "amused_lightning"
 
 
+def unused_frozen_parts(module: AmusedModule, batch: dict) -> list[nn.Module]:
+    """Frozen submodules a training step on `batch` never runs: they need not occupy the device."""
+    vqvae = module.vqvae
+    parts = [vqvae.decoder, vqvae.post_quant_conv]
+    if "image_tokens" in batch:
+        parts += [vqvae.encoder, vqvae.quant_conv, vqvae.quantize]
+    if "encoder_hidden_states" in batch and not module.text_encoder_trains:
+        parts.append(module.text_encoder)
+    return parts
+
+
 class AmusedModule(L.LightningModule):
     """Finetunes an aMUSEd transformer by predicting randomly masked VQ image tokens."""
 
@@ -57,6 +68,9 @@ class AmusedModule(L.LightningModule):
         vq_chunk_size: int | None = None,
         gradient_checkpointing: bool = False,
         logits_at_masked_only: bool = True,
+        offload_frozen: bool = True,
+        allow_tf32: bool = False,
+        compile: bool = False,
         validation_prompts: list[str] | None = None,
         generation: GenerationSettings | None = None,
         val_mask_ratios: list[float] | None = None,
@@ -82,6 +96,10 @@ class AmusedModule(L.LightningModule):
             vq_chunk_size: Images per VQ encoder call (bounds its activation memory); all at once when unset.
             gradient_checkpointing: Recompute transformer activations in backward to save memory.
             logits_at_masked_only: Evaluate the output head only where the loss needs it (same loss, less memory).
+            offload_frozen: On a single device, keep frozen parts a step does not use (the VQ decoder; the VQ encoder
+                and text encoder when batches are pre-encoded) in CPU memory, back on the device for validation.
+            allow_tf32: Let fp32 matmuls and convolutions use TF32 tensor cores (Ampere and later; the VQ encoder).
+            compile: Compile the transformer with torch.compile.
             validation_prompts: Prompts whose images are generated at each validation (fixed seed).
             generation: Sampling settings of those images (AmusedPipeline's defaults when unset).
             val_mask_ratios: Mask ratios of the held-out loss (default 0.25, 0.5, 0.75, 1.0).
@@ -102,6 +120,8 @@ class AmusedModule(L.LightningModule):
         self.transformer, self.vqvae, self.text_encoder = parts.transformer, parts.vqvae, parts.text_encoder
         self.tokenizer, self.noise_scheduler = parts.tokenizer, parts.scheduler
         self._choose_trained_weights(parts)
+        if compile:
+            self.transformer.compile()
         self.ema = TrainedWeightsEMA(self, ema) if ema is not None else None
         # Checkpoints hold only trained weights; the frozen parts come back from `pretrained`.
         self.strict_loading = False
@@ -257,6 +277,28 @@ class AmusedModule(L.LightningModule):
         # Derived from where the step is, so a resumed run draws what an unbroken one would.
         seed = derive_seed(self.hparams.seed, self.global_rank, self.global_step, micro_batch)
         return torch.Generator(device=self.device).manual_seed(seed)
+
+    def on_fit_start(self) -> None:
+        if self.hparams.allow_tf32:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.hparams.offload_frozen and self.trainer.world_size == 1:
+            if "encoder_hidden_states" in batch and self.hparams.cond_dropout_prob > 0:
+                self.empty_prompt_embeddings()  # computed while the text encoder is still on the device
+            for part in unused_frozen_parts(self, batch):
+                part.to("cpu")
+
+    def on_validation_start(self) -> None:
+        self._bring_back_frozen_parts()
+
+    def on_train_end(self) -> None:
+        self._bring_back_frozen_parts()
+
+    def _bring_back_frozen_parts(self) -> None:
+        # Validation decodes images and may encode: the frozen parts return to the training device.
+        self.vqvae.to(self.device)
+        self.text_encoder.to(self.device)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None and self.global_step > self._ema_step:

@@ -116,3 +116,28 @@ def test_head_at_masked_positions_only_gives_the_same_loss_and_gradients():
     hidden, pooled = full.prompt_embeddings(batch)
     logits, labels = masked_only.masked_logits(tokens, mask, hidden, pooled, batch["micro_conds"])
     assert logits.shape == (2, 64) and torch.equal(labels, tokens[mask])
+
+
+def test_frozen_parts_unused_by_a_step_are_named():
+    from amused_lightning.module import unused_frozen_parts
+
+    module = AmusedModule()
+    pixels = {"pixel_values": None, "input_ids": None}
+    encoded = {"image_tokens": None, "encoder_hidden_states": None}
+    names = {id(m): n for n, m in module.named_modules()}
+    assert {names[id(m)] for m in unused_frozen_parts(module, pixels)} == {"vqvae.decoder", "vqvae.post_quant_conv"}
+    assert {names[id(m)] for m in unused_frozen_parts(module, encoded)} == {
+        "vqvae.decoder", "vqvae.post_quant_conv", "vqvae.encoder", "vqvae.quant_conv", "vqvae.quantize",
+        "text_encoder"}
+    training_text = AmusedModule(train_text_encoder=True)
+    assert training_text.text_encoder not in unused_frozen_parts(training_text, encoded)
+
+
+@pytest.mark.slow
+def test_compiled_transformer_gives_the_same_loss():
+    plain, compiled = AmusedModule(), AmusedModule(compile=True)
+    batch = batch_for(plain)
+    loss, grads = loss_and_grads(plain, batch)
+    loss_compiled, grads_compiled = loss_and_grads(compiled, batch)
+    assert torch.allclose(loss, loss_compiled, rtol=1e-5)
+    assert all(torch.allclose(grads[n], grads_compiled[n], rtol=1e-3, atol=1e-6) for n in grads)
