@@ -116,6 +116,16 @@ def export_module(module: AmusedModule, folder: Path, weights: str = "ema", merg
     return written
 
 
+def full_precision_copy(module: AmusedModule) -> AmusedModule:
+    """`module` rebuilt from `pretrained` with its trained and EMA weights: frozen weights as stored, not as cast."""
+    fresh = AmusedModule(**{k: v for k, v in module.hparams.items() if not k.startswith("_")})
+    keys = module.trained_state_keys()
+    fresh.load_state_dict({k: v for k, v in module.state_dict().items() if k in keys}, strict=False)
+    if module.ema is not None:
+        fresh.ema.load_state_dict(module.ema.state_dict())
+    return fresh
+
+
 class FinalExport(L.Callback):
     """At the end of `fit`, export the final weights to <default_root_dir>/export (replacing this run's own)."""
 
@@ -135,7 +145,8 @@ class FinalExport(L.Callback):
             return
         weights = self.weights if self.weights != "auto" else ("ema" if pl_module.ema is not None else "trained")
         folder = Path(trainer.default_root_dir) / "export"
-        for path in export_module(pl_module, folder, weights, self.merge_lora, overwrite=True):
+        module = full_precision_copy(pl_module) if pl_module.frozen_weights_cast else pl_module
+        for path in export_module(module, folder, weights, self.merge_lora, overwrite=True):
             print(f"exported {weights} weights to {path}")
 
 

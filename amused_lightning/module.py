@@ -24,6 +24,7 @@ from amused_lightning.generation import GenerationSettings, decode_image_tokens,
 from amused_lightning.loss import masked_token_loss, masked_token_scores
 from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
 from amused_lightning.optim import lr_schedule, parameter_groups
+from amused_lightning.precision import AUTOCAST_DTYPES, cast_frozen_autocast_layers
 from amused_lightning.seeding import derive_seed
 from amused_lightning.settings import as_settings, check_model_settings
 from amused_lightning.validation import held_out_mask, log_validation_images, save_validation_images
@@ -69,6 +70,7 @@ class AmusedModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         logits_at_masked_only: bool = True,
         offload_frozen: bool = True,
+        frozen_in_compute_dtype: bool = True,
         allow_tf32: bool = False,
         compile: bool = False,
         validation_prompts: list[str] | None = None,
@@ -98,6 +100,8 @@ class AmusedModule(L.LightningModule):
             logits_at_masked_only: Evaluate the output head only where the loss needs it (same loss, less memory).
             offload_frozen: On a single device, keep frozen parts a step does not use (the VQ decoder; the VQ encoder
                 and text encoder when batches are pre-encoded) in CPU memory, back on the device for validation.
+            frozen_in_compute_dtype: Under 16-mixed/bf16-mixed, store frozen Linear/Conv2d weights of the
+                transformer and text encoder in that dtype (autocast computes with exactly those values).
             allow_tf32: Let fp32 matmuls and convolutions use TF32 tensor cores (Ampere and later; the VQ encoder).
             compile: Compile the transformer with torch.compile.
             validation_prompts: Prompts whose images are generated at each validation (fixed seed).
@@ -132,6 +136,7 @@ class AmusedModule(L.LightningModule):
         self.last_validated_step: int | None = None
         self._empty_prompt: tuple[torch.Tensor, torch.Tensor] | None = None
         self._ema_step = 0
+        self.frozen_weights_cast = False
 
     def _choose_trained_weights(self, parts: Components) -> None:
         """Freeze what does not train, add adapters, and set up gradient checkpointing."""
@@ -281,6 +286,11 @@ class AmusedModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.hparams.allow_tf32:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        dtype = AUTOCAST_DTYPES.get(str(self.trainer.precision))
+        if self.hparams.frozen_in_compute_dtype and dtype is not None:
+            # The VQ model is left in fp32: it runs outside autocast (it yields NaNs in fp16).
+            self.frozen_weights_cast = sum(cast_frozen_autocast_layers(part, dtype)
+                                           for part in (self.transformer, self.text_encoder)) > 0
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.hparams.offload_frozen and self.trainer.world_size == 1:

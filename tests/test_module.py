@@ -27,7 +27,7 @@ def loss_and_grads(module, batch, generator_seed=0):
     hidden, pooled = module.prompt_embeddings(batch)
     loss = masked_token_loss(*module.masked_logits(tokens, mask, hidden, pooled, batch["micro_conds"]))
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in module.transformer.named_parameters()}
+    return loss.detach(), {n: p.grad.clone() for n, p in module.transformer.named_parameters() if p.grad is not None}
 
 
 def test_gradient_checkpointing_gives_identical_loss_and_gradients():
@@ -141,3 +141,34 @@ def test_compiled_transformer_gives_the_same_loss():
     loss_compiled, grads_compiled = loss_and_grads(compiled, batch)
     assert torch.allclose(loss, loss_compiled, rtol=1e-5)
     assert all(torch.allclose(grads[n], grads_compiled[n], rtol=1e-3, atol=1e-6) for n in grads)
+
+
+def test_frozen_weights_in_compute_dtype_change_nothing_under_autocast():
+    from amused_lightning.adapters import LoraSettings
+    from amused_lightning.precision import cast_frozen_autocast_layers
+
+    stored = AmusedModule(lora=LoraSettings(r=4))
+    cast = copy.deepcopy(stored)  # the same adapter initialisation
+    assert cast_frozen_autocast_layers(cast.transformer, torch.bfloat16) > 0
+    assert cast_frozen_autocast_layers(cast.text_encoder, torch.bfloat16) > 0
+    assert all(p.dtype == torch.float32 for p in cast.parameters() if p.requires_grad)
+    batch = batch_for(stored)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, grads = loss_and_grads(stored, batch)
+        loss_cast, grads_cast = loss_and_grads(cast, batch)
+    assert torch.equal(loss, loss_cast)
+    assert all(torch.equal(grads[n], grads_cast[n]) for n in grads if grads[n] is not None)
+
+
+def test_final_export_uses_stored_precision_weights(tmp_path, toy_dataset):
+    from diffusers import UVit2DModel
+
+    from amused_lightning.components import load_components
+    from helpers import fit
+
+    cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "1", "--model.lora.r", "4",
+              "--trainer.precision", "bf16-mixed", "--validation_steps", "100")
+    assert cli.model.frozen_weights_cast
+    exported = UVit2DModel.from_pretrained(str(tmp_path / "export" / "transformer"))
+    base = load_components("tiny").transformer
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in exported.state_dict().items())
