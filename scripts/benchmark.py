@@ -1,0 +1,255 @@
+"""Memory and speed of every row of the seed recipes' memory tables, on the real architectures.
+
+    python scripts/benchmark.py gpu [--rows nouns-full-8x1 ...] [--steps 4] [--output BENCHMARKS.md]
+    python scripts/benchmark.py cpu [--presets tiny amused-256-arch] [--steps 3]
+
+Models are the `amused-256-arch` / `amused-512-arch` presets (random weights, exact architectures); data are synthetic
+batches in the form the trainer sees them: pre-encoded (the default when crops are fixed, as for square datasets)
+or pixels and prompt ids (VQ and CLIP encoding every step, as the reference does). `gpu` runs each row for a few
+optimizer steps with the recipe's settings and reports peak CUDA memory, samples per second and model FLOPs
+utilisation; `cpu` times small presets with and without the pre-encoded cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import gc
+import platform
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from amused_lightning.adapters import LoraSettings
+from amused_lightning.encoding import encode_image_tokens, encode_prompts
+from amused_lightning.module import AmusedModule
+
+GB = 1e9  # the seed tables' unit; ours are reported in the same unit
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a seed memory table."""
+
+    name: str
+    preset: str
+    resolution: int
+    mode: str  # full, 8bit or lora
+    batch: int
+    accumulation: int
+    seed_gb: float | None
+    checkpointing: bool = True
+    lora_alpha: float = 32.0
+    precision: str = "16-mixed"
+
+
+def seed_rows() -> list[Row]:
+    """The seed document's tables (nouns at 256, minecraft at 512, StyleDrop), plus the MFU target row."""
+    rows = []
+    tables = {
+        ("nouns", "amused-256-arch", 256): {"full": [(8, 1, 19.7), (4, 2, 18.3), (1, 8, 17.9)],
+                                       "8bit": [(16, 1, 20.1), (8, 2, 15.6), (1, 16, 10.7)],
+                                       "lora": [(16, 1, 14.1), (8, 2, 10.1), (1, 16, 6.5)]},
+        ("minecraft", "amused-512-arch", 512): {"full": [(8, 1, 24.2), (4, 2, 19.7), (1, 8, 16.99)],
+                                           "8bit": [(8, 1, 21.2), (4, 2, 13.3), (1, 8, 9.9)],
+                                           "lora": [(8, 1, 12.7), (4, 2, 9.0), (1, 8, 5.6)]},
+    }
+    for (data, preset, resolution), modes in tables.items():
+        for mode, entries in modes.items():
+            rows += [Row(f"{data}-{mode}-{b}x{a}", preset, resolution, mode, b, a, gb) for b, a, gb in entries]
+    rows.append(Row("styledrop-256-1x1", "amused-256-arch", 256, "lora", 1, 1, 6.5, checkpointing=False))
+    rows.append(Row("styledrop-512-1x1", "amused-512-arch", 512, "lora", 1, 1, 5.6, checkpointing=False,
+                    lora_alpha=1.0))
+    rows.append(Row("mfu-target-256-full-16x1-bf16", "amused-256-arch", 256, "full", 16, 1, None,
+                    checkpointing=False, precision="bf16-mixed"))
+    return rows
+
+
+class SyntheticBatches(Dataset):
+    """Random samples shaped like pre-encoded cache entries, or like pixels with prompt token ids."""
+
+    def __init__(self, module: AmusedModule, resolution: int, length: int, pre_encoded: bool):
+        self.length, self.pre_encoded, self.resolution = length, pre_encoded, resolution
+        self.codes = module.vqvae.config.num_vq_embeddings
+        self.grid = resolution // 2 ** (len(module.vqvae.config.block_out_channels) - 1)
+        self.width = module.text_encoder.config.hidden_size
+        self.projection = module.text_encoder.config.projection_dim
+        self.vocab = len(module.tokenizer)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(index)
+        sample = {"micro_conds": torch.tensor([self.resolution, self.resolution, 0.0, 0.0, 6.0])}
+        if self.pre_encoded:
+            sample["image_tokens"] = torch.randint(0, self.codes, (self.grid, self.grid), generator=generator)
+            sample["encoder_hidden_states"] = torch.randn(77, self.width, generator=generator)
+            sample["pooled_text_emb"] = torch.randn(self.projection, generator=generator)
+        else:
+            sample["pixel_values"] = torch.rand(3, self.resolution, self.resolution, generator=generator)
+            sample["input_ids"] = torch.randint(0, self.vocab, (77,), generator=generator)
+        return sample
+
+
+class StepTimer(L.Callback):
+    """Wall time of the optimizer steps after `warmup` of them."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup and self.start is None:
+            _synchronize()
+            self.start = time.perf_counter()
+        if trainer.global_step == trainer.max_steps:
+            _synchronize()
+            self.end = time.perf_counter()
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def build_module(row: Row) -> AmusedModule:
+    """The row's model with our defaults (masked head, offloading, frozen weights in the compute dtype)."""
+    lora = LoraSettings(r=16, alpha=row.lora_alpha) if row.mode == "lora" else None
+    if row.mode == "8bit":
+        import bitsandbytes
+
+        optimizer = functools.partial(bitsandbytes.optim.AdamW8bit, lr=1e-5)
+    else:
+        optimizer = functools.partial(torch.optim.AdamW, lr=1e-5, fused=torch.cuda.is_available())
+    return AmusedModule(pretrained=row.preset, optimizer=optimizer, lora=lora,
+                        gradient_checkpointing=row.checkpointing, lr_warmup_steps=0)
+
+
+def model_flops_per_sample(module: AmusedModule, row: Row, pre_encoded: bool) -> float:
+    """Forward FLOPs of one sample, times 3 for a fully trained transformer (forward, input and weight gradients),
+    times 2 for a frozen one under LoRA; the frozen encoders' forward when batches are not pre-encoded."""
+    data = SyntheticBatches(module, row.resolution, 1, pre_encoded=False)[0]
+    device = module.device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        tokens = encode_image_tokens(module.vqvae, data["pixel_values"][None].to(device))
+    encoder_flops = counter.get_total_flops()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        hidden, pooled = encode_prompts(module.text_encoder, data["input_ids"][None].to(device))
+    encoder_flops += counter.get_total_flops()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module.transformer(tokens, encoder_hidden_states=hidden.float(), pooled_text_emb=pooled.float(),
+                           micro_conds=data["micro_conds"][None].to(device))
+    transformer_flops = counter.get_total_flops() * (2 if row.mode == "lora" else 3)
+    return transformer_flops + (0 if pre_encoded else encoder_flops)
+
+
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense fp16/bf16
+
+
+def peak_flops() -> float | None:
+    """The accelerator's dense fp16/bf16 peak, if it is one we know."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+def run_row(row: Row, steps: int, warmup: int, pre_encoded: bool, accelerator: str) -> dict:
+    """Train the row for warmup + steps optimizer steps; its peak memory, throughput and MFU."""
+    module = build_module(row)
+    samples = row.batch * row.accumulation * (warmup + steps)
+    loader = DataLoader(SyntheticBatches(module, row.resolution, samples, pre_encoded), batch_size=row.batch,
+                        pin_memory=accelerator == "gpu")  # synthetic batches are cheap: no worker forks
+    timer = StepTimer(warmup)
+    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=row.precision if accelerator == "gpu" else "32",
+                        max_steps=warmup + steps, accumulate_grad_batches=row.accumulation, logger=False,
+                        enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[timer])
+    if accelerator == "gpu":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    trainer.fit(module, loader)
+    result = {"samples_per_s": row.batch * row.accumulation * steps / (timer.end - timer.start)}
+    if accelerator == "gpu":
+        result["allocated_gb"] = torch.cuda.max_memory_allocated() / GB
+        result["reserved_gb"] = torch.cuda.max_memory_reserved() / GB
+        peak = peak_flops()
+        flops = model_flops_per_sample(module, row, pre_encoded)
+        result["mfu"] = flops * result["samples_per_s"] / peak if peak else None
+    del trainer, module, loader
+    gc.collect()  # the trainer and module reference each other: free the model before the next row builds one
+    return result
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def gpu_table(rows: list[Row], steps: int, warmup: int, pre_encoded: bool) -> str:
+    """Markdown table of the GPU rows."""
+    lines = ["| row | seed GB | peak allocated GB | peak reserved GB | reserved / seed | samples/s | MFU |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        r = run_row(row, steps, warmup, pre_encoded, "gpu")
+        ratio = f"{r['reserved_gb'] / row.seed_gb:.2f}" if row.seed_gb else "n/a"
+        lines.append(f"| {row.name} | {row.seed_gb or 'n/a'} | {r['allocated_gb']:.2f} | {r['reserved_gb']:.2f} | "
+                     f"{ratio} | {r['samples_per_s']:.1f} | {_percent(r['mfu'])} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def cpu_table(presets: list[str], steps: int, warmup: int) -> str:
+    """Markdown table of CPU throughput with and without pre-encoded batches."""
+    lines = ["| preset | resolution | batch | pre-encoded samples/s | pixels samples/s | speed-up |",
+             "|---|---|---|---|---|---|"]
+    for preset in presets:
+        batch, resolution = (8, 64) if preset == "tiny" else (1, 512 if "512" in preset else 256)
+        row = Row(f"{preset}-cpu", preset, resolution, "full", batch, 1, None, checkpointing=False, precision="32")
+        cached = run_row(row, steps, warmup, True, "cpu")["samples_per_s"]
+        pixels = run_row(row, steps, warmup, False, "cpu")["samples_per_s"]
+        lines.append(f"| {preset} | {resolution} | {batch} | {cached:.2f} | {pixels:.2f} | {cached / pixels:.2f}x |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def environment() -> str:
+    """Where and with what the table was measured."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
+    import diffusers
+    import lightning
+
+    return (f"{datetime.date.today()}, {device}, torch {torch.__version__}, lightning {lightning.__version__}, "
+            f"diffusers {diffusers.__version__}, {torch.get_num_threads()} CPU threads")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("gpu", "cpu"))
+    parser.add_argument("--rows", nargs="*", help="gpu: names of rows to run (default: all)")
+    parser.add_argument("--presets", nargs="*", default=["tiny"], help="cpu: presets to time")
+    parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
+    parser.add_argument("--pixels", action="store_true", help="gpu: encode pixels and prompts every step")
+    parser.add_argument("--output", help="append the table, with its environment, to this markdown file")
+    args = parser.parse_args()
+    if args.mode == "gpu":
+        if not torch.cuda.is_available():
+            parser.error("gpu mode needs a CUDA device")
+        rows = [row for row in seed_rows() if not args.rows or row.name in args.rows]
+        table = gpu_table(rows, args.steps, args.warmup, not args.pixels)
+    else:
+        table = cpu_table(args.presets, args.steps, args.warmup)
+    text = f"\n### {args.mode.upper()}: {environment()}\n\n{table}\n"
+    print(text)
+    if args.output:
+        with open(args.output, "a") as file:
+            file.write(text)
+
+
+if __name__ == "__main__":
+    main()
