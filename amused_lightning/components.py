@@ -75,7 +75,8 @@ def components_identity(pretrained: str, revision: str | None, variant: str | No
     if not _is_local(pretrained):
         return f"hub:{pretrained}@{revision}:{variant}"
     root = Path(pretrained).expanduser().resolve()
-    files = sorted(p for part in ("vqvae", "text_encoder", "tokenizer") for p in (root / part).rglob("*") if p.is_file())
+    files = sorted(path for part in ("vqvae", "text_encoder", "tokenizer") for path in (root / part).rglob("*")
+                   if path.is_file())
     return f"local:{root}:{variant}:" + ";".join(f"{p.relative_to(root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
                                                  for p in files)
 

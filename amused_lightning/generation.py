@@ -10,6 +10,8 @@ import torch
 from diffusers import UVit2DModel, VQModel
 from PIL import Image
 
+from amused_lightning.encoding import encode_prompts, tokenize_prompts
+
 
 @dataclass
 class GenerationSettings:
@@ -105,3 +107,19 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) pixels in [0, 1] -> PIL images (rounded as diffusers' image processor does)."""
     array = (images.permute(0, 2, 3, 1).cpu().float().numpy() * 255).round().astype(np.uint8)
     return [Image.fromarray(image) for image in array]
+
+
+@torch.no_grad()
+def generate_images(transformer: UVit2DModel, vqvae: VQModel, text_encoder, tokenizer, prompts: list[str],
+                    settings: GenerationSettings, seed: int, resolution: int | None, mask_id: int) -> list[Image.Image]:
+    """Images for `prompts` from a generator seeded by `seed`, at `resolution` (default: the model's own)."""
+    device = next(transformer.parameters()).device
+    factor = 2 ** (len(vqvae.config.block_out_channels) - 1)
+    size = resolution or transformer.config.sample_size * factor
+    hidden, pooled = encode_prompts(text_encoder, tokenize_prompts(tokenizer, prompts).to(device))
+    # One empty prompt per prompt, as AmusedPipeline encodes them: batch composition can move the last bits.
+    empty = encode_prompts(text_encoder, tokenize_prompts(tokenizer, [""] * len(prompts)).to(device))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    tokens = generate_tokens(transformer, hidden, pooled, *empty, (size // factor, size // factor), size, settings,
+                             mask_id, generator)
+    return to_pil(decode_image_tokens(vqvae, tokens))

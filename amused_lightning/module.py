@@ -19,32 +19,21 @@ from amused_lightning.checkpointing import enable_gradient_checkpointing
 from amused_lightning.components import Components, load_components
 from amused_lightning.ema import EmaSettings, TrainedWeightsEMA
 from amused_lightning.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
+from amused_lightning.generation import GenerationSettings, generate_images
 from amused_lightning.heads import enable_masked_head, logits_only_at
-from amused_lightning.generation import GenerationSettings, decode_image_tokens, generate_tokens, to_pil
 from amused_lightning.loss import masked_token_loss, masked_token_scores
 from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
 from amused_lightning.optim import lr_schedule, parameter_groups
-from amused_lightning.precision import AUTOCAST_DTYPES, cast_frozen_autocast_layers
+from amused_lightning.placement import AUTOCAST_DTYPES, cast_frozen_autocast_layers, unused_frozen_parts
 from amused_lightning.seeding import derive_seed
 from amused_lightning.settings import as_settings, check_model_settings
-from amused_lightning.validation import held_out_mask, log_validation_images, save_validation_images
+from amused_lightning.validation import held_out_mask, held_out_scores, log_validation_images, save_validation_images
 
 # The frozen VQ model and text encoder are kept in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 CHECKPOINT_MARK = "amused_lightning"
-
-
-def unused_frozen_parts(module: AmusedModule, batch: dict) -> list[nn.Module]:
-    """Frozen submodules a training step on `batch` never runs: they need not occupy the device."""
-    vqvae = module.vqvae
-    parts = [vqvae.decoder, vqvae.post_quant_conv]
-    if "image_tokens" in batch:
-        parts += [vqvae.encoder, vqvae.quant_conv, vqvae.quantize]
-    if "encoder_hidden_states" in batch and not module.text_encoder_trains:
-        parts.append(module.text_encoder)
-    return parts
 
 
 class AmusedModule(L.LightningModule):
@@ -246,15 +235,7 @@ class AmusedModule(L.LightningModule):
         self.last_validated_step = self.global_step
 
     def _log_held_out_scores(self) -> None:
-        """val/loss and val/accuracy per mask ratio and averaged over ratios (token-weighted within a ratio)."""
-        scores = {}
-        for ratio, loss, accuracy in zip(self.val_mask_ratios, self.val_losses, self.val_accuracies):
-            scores[f"val/loss_mask{round(ratio * 100)}"] = loss.compute()
-            scores[f"val/accuracy_mask{round(ratio * 100)}"] = accuracy.compute()
-            loss.reset()
-            accuracy.reset()
-        scores["val/loss"] = torch.stack([v for k, v in scores.items() if "/loss_" in k]).mean()
-        scores["val/accuracy"] = torch.stack([v for k, v in scores.items() if "/accuracy_" in k]).mean()
+        scores = held_out_scores(self.val_mask_ratios, self.val_losses, self.val_accuracies)
         # Loggers get the number of optimizer steps behind these weights, the step the images carry too;
         # self.log (logger off) feeds the progress bar and callbacks such as ModelCheckpoint(monitor="val/loss").
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
@@ -263,19 +244,11 @@ class AmusedModule(L.LightningModule):
         self.log("val/loss", scores.pop("val/loss"), prog_bar=True, logger=False)
         self.log_dict(scores, logger=False)
 
-    @torch.no_grad()
     def generate(self, prompts: list[str], settings: GenerationSettings | None = None, seed: int = 0,
                  resolution: int | None = None) -> list[Image.Image]:
         """Images for `prompts`, sampled as AmusedPipeline does with a generator seeded by `seed`."""
-        settings = settings or self.generation
-        factor = 2 ** (len(self.vqvae.config.block_out_channels) - 1)
-        size = resolution or self.transformer.config.sample_size * factor
-        hidden, pooled = encode_prompts(self.text_encoder, tokenize_prompts(self.tokenizer, prompts).to(self.device))
-        empty = tokenize_prompts(self.tokenizer, [""] * len(prompts)).to(self.device)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        tokens = generate_tokens(self.transformer, hidden, pooled, *encode_prompts(self.text_encoder, empty),
-                                 (size // factor, size // factor), size, settings, self.mask_id, generator)
-        return to_pil(decode_image_tokens(self.vqvae, tokens))
+        return generate_images(self.transformer, self.vqvae, self.text_encoder, self.tokenizer, prompts,
+                               settings or self.generation, seed, resolution, self.mask_id)
 
     def _micro_batch_generator(self, batch_idx: int) -> torch.Generator:
         micro_batch = batch_idx % self.trainer.accumulate_grad_batches
@@ -296,7 +269,7 @@ class AmusedModule(L.LightningModule):
         if self.hparams.offload_frozen and self.trainer.world_size == 1:
             if "encoder_hidden_states" in batch and self.hparams.cond_dropout_prob > 0:
                 self.empty_prompt_embeddings()  # computed while the text encoder is still on the device
-            for part in unused_frozen_parts(self, batch):
+            for part in unused_frozen_parts(self.vqvae, self.text_encoder, self.text_encoder_trains, batch):
                 part.to("cpu")
 
     def on_validation_start(self) -> None:

@@ -23,6 +23,19 @@ def held_out_mask(positions: torch.Tensor, seq_len: int, ratio: float, ratio_ind
     return torch.cat(masks).to(positions.device)
 
 
+def held_out_scores(ratios: list[float], losses: list, accuracies: list) -> dict[str, torch.Tensor]:
+    """val/loss and val/accuracy per mask ratio (token-weighted) and their means over ratios; resets the metrics."""
+    scores = {}
+    for ratio, loss, accuracy in zip(ratios, losses, accuracies):
+        scores[f"val/loss_mask{round(ratio * 100)}"] = loss.compute()
+        scores[f"val/accuracy_mask{round(ratio * 100)}"] = accuracy.compute()
+        loss.reset()
+        accuracy.reset()
+    scores["val/loss"] = torch.stack([v for k, v in scores.items() if "/loss_" in k]).mean()
+    scores["val/accuracy"] = torch.stack([v for k, v in scores.items() if "/accuracy_" in k]).mean()
+    return scores
+
+
 def image_grid(images: list[Image.Image], columns: int = 4) -> Image.Image:
     """Images tiled left to right, top to bottom."""
     width, height = images[0].size

@@ -4,6 +4,7 @@ from PIL import Image
 
 import amused_lightning.data.datamodule as datamodule_module
 from amused_lightning.data import AmusedDataModule
+
 from helpers import fit, scalars, transformer_weights
 
 

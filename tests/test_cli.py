@@ -5,6 +5,7 @@ import torch
 import yaml
 
 from amused_lightning.cli import cli_main
+
 from helpers import fit, scalars, transformer_weights
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))

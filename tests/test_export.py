@@ -8,6 +8,7 @@ from amused_lightning.cli import cli_main
 from amused_lightning.components import load_components
 from amused_lightning.export import LORA_WEIGHT_NAME
 from amused_lightning.export import main as export_main
+
 from helpers import fit
 
 

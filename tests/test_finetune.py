@@ -6,6 +6,7 @@ from amused_lightning.adapters import LoraSettings, TextEncoderLoraSettings
 from amused_lightning.ema import EmaSettings, TrainedWeightsEMA
 from amused_lightning.module import AmusedModule
 from amused_lightning.optim import LR_SCHEDULES, lr_schedule
+
 from helpers import fit, transformer_weights
 
 

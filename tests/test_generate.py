@@ -4,6 +4,7 @@ from PIL import Image
 
 from amused_lightning.export import main as export_main
 from amused_lightning.generate import main as generate_main
+
 from helpers import fit
 
 

@@ -119,18 +119,18 @@ def test_head_at_masked_positions_only_gives_the_same_loss_and_gradients():
 
 
 def test_frozen_parts_unused_by_a_step_are_named():
-    from amused_lightning.module import unused_frozen_parts
+    from amused_lightning.placement import unused_frozen_parts
 
     module = AmusedModule()
     pixels = {"pixel_values": None, "input_ids": None}
     encoded = {"image_tokens": None, "encoder_hidden_states": None}
     names = {id(m): n for n, m in module.named_modules()}
-    assert {names[id(m)] for m in unused_frozen_parts(module, pixels)} == {"vqvae.decoder", "vqvae.post_quant_conv"}
-    assert {names[id(m)] for m in unused_frozen_parts(module, encoded)} == {
+    parts = unused_frozen_parts(module.vqvae, module.text_encoder, False, pixels)
+    assert {names[id(m)] for m in parts} == {"vqvae.decoder", "vqvae.post_quant_conv"}
+    assert {names[id(m)] for m in unused_frozen_parts(module.vqvae, module.text_encoder, False, encoded)} == {
         "vqvae.decoder", "vqvae.post_quant_conv", "vqvae.encoder", "vqvae.quant_conv", "vqvae.quantize",
         "text_encoder"}
-    training_text = AmusedModule(train_text_encoder=True)
-    assert training_text.text_encoder not in unused_frozen_parts(training_text, encoded)
+    assert module.text_encoder not in unused_frozen_parts(module.vqvae, module.text_encoder, True, encoded)
 
 
 @pytest.mark.slow
@@ -145,7 +145,7 @@ def test_compiled_transformer_gives_the_same_loss():
 
 def test_frozen_weights_in_compute_dtype_change_nothing_under_autocast():
     from amused_lightning.adapters import LoraSettings
-    from amused_lightning.precision import cast_frozen_autocast_layers
+    from amused_lightning.placement import cast_frozen_autocast_layers
 
     stored = AmusedModule(lora=LoraSettings(r=4))
     cast = copy.deepcopy(stored)  # the same adapter initialisation
@@ -164,6 +164,7 @@ def test_final_export_uses_stored_precision_weights(tmp_path, toy_dataset):
     from diffusers import UVit2DModel
 
     from amused_lightning.components import load_components
+
     from helpers import fit
 
     cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "1", "--model.lora.r", "4",

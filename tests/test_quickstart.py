@@ -1,7 +1,8 @@
 import pytest
-from helpers import scalars
 
 from amused_lightning.cli import cli_main
+
+from helpers import scalars
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import torch
 
 from amused_lightning.cli import cli_main
 from amused_lightning.validation import held_out_mask
+
 from helpers import fit, image_steps, scalars
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"

@@ -12,8 +12,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from amused_lightning.components import components_identity, load_frozen_encoders, load_tokenizer, \
-    vq_downscale_factor
+from amused_lightning.components import components_identity, load_frozen_encoders, load_tokenizer, vq_downscale_factor
 from amused_lightning.data.cache import CacheSpec, TokenCache, open_or_build
 from amused_lightning.data.samples import CachedSamples, PixelSamples
 from amused_lightning.data.sampling import ResumableSampler
@@ -87,7 +86,8 @@ class AmusedDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         chosen = [name for name in ("dataset", "image_dir", "image") if getattr(self.hparams, name) is not None]
         if len(chosen) != 1:
-            raise DataSourceError(f"set exactly one of data.dataset, data.image_dir, data.image (got {chosen or 'none'})")
+            raise DataSourceError("set exactly one of data.dataset, data.image_dir, data.image "
+                                  f"(got {chosen or 'none'})")
         for name in ("resolution", "batch_size", "val_samples", "cache_crops"):
             if getattr(self.hparams, name) < 1:
                 raise DataSourceError(f"data.{name}={getattr(self.hparams, name)} must be positive")

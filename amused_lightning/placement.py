@@ -1,4 +1,4 @@
-"""Frozen weights stored in the autocast dtype: the values autocast would compute with anyway."""
+"""Where frozen weights live: in the autocast dtype, and off the device while a step does not use them."""
 
 from __future__ import annotations
 
@@ -21,3 +21,14 @@ def cast_frozen_autocast_layers(module: nn.Module, dtype: torch.dtype) -> int:
                     param.data = param.data.to(dtype)
                     changed += 1
     return changed
+
+
+def unused_frozen_parts(vqvae: nn.Module, text_encoder: nn.Module, text_encoder_trains: bool,
+                        batch: dict) -> list[nn.Module]:
+    """Frozen submodules a training step on `batch` never runs: they need not occupy the device."""
+    parts = [vqvae.decoder, vqvae.post_quant_conv]
+    if "image_tokens" in batch:
+        parts += [vqvae.encoder, vqvae.quant_conv, vqvae.quantize]
+    if "encoder_hidden_states" in batch and not text_encoder_trains:
+        parts.append(text_encoder)
+    return parts
