@@ -98,18 +98,21 @@ class SyntheticBatches(Dataset):
 
 
 class StepTimer(L.Callback):
-    """Wall time of the optimizer steps after `warmup` of them."""
+    """Wall time of the optimizer steps after `warmup` of them, and the peak memory of all training steps (read
+    before fit's end brings the frozen parts back to the device)."""
 
     def __init__(self, warmup: int):
-        self.warmup, self.start, self.end = warmup, None, None
+        self.warmup, self.start, self.end, self.peak = warmup, None, None, None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup and self.start is None:
             _synchronize()
             self.start = time.perf_counter()
-        if trainer.global_step == trainer.max_steps:
+        if trainer.global_step == trainer.max_steps and self.end is None:
             _synchronize()
             self.end = time.perf_counter()
+            if torch.cuda.is_available():
+                self.peak = (torch.cuda.max_memory_allocated() / GB, torch.cuda.max_memory_reserved() / GB)
 
 
 def _synchronize() -> None:
@@ -148,6 +151,15 @@ def model_flops_per_sample(module: AmusedModule, row: Row, pre_encoded: bool) ->
     return transformer_flops + (0 if pre_encoded else encoder_flops)
 
 
+def validation_peak(module: AmusedModule, row: Row, trainer: L.Trainer) -> float:
+    """Peak reserved memory while generating the recipe's validation images (the optimizer state still held)."""
+    prompts = 4 if row.name.startswith("styledrop") else 8 if row.resolution == 256 else 5
+    torch.cuda.reset_peak_memory_stats()
+    with trainer.precision_plugin.forward_context():
+        module.generate(["a pixel art character"] * prompts, seed=0)
+    return torch.cuda.max_memory_reserved() / GB
+
+
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense fp16/bf16
 
 
@@ -176,10 +188,11 @@ def run_row(row: Row, steps: int, warmup: int, pre_encoded: bool, accelerator: s
     trainer.fit(module, loader)
     result = {"samples_per_s": row.batch * row.accumulation * steps / (timer.end - timer.start)}
     if accelerator == "gpu":
-        result["allocated_gb"] = torch.cuda.max_memory_allocated() / GB
-        result["reserved_gb"] = torch.cuda.max_memory_reserved() / GB
+        result["allocated_gb"], result["reserved_gb"] = timer.peak
+        result["validation_gb"] = validation_peak(module, row, trainer)
+        with trainer.precision_plugin.forward_context():
+            flops = model_flops_per_sample(module, row, pre_encoded)
         peak = peak_flops()
-        flops = model_flops_per_sample(module, row, pre_encoded)
         result["mfu"] = flops * result["samples_per_s"] / peak if peak else None
     del trainer, module, loader
     gc.collect()  # the trainer and module reference each other: free the model before the next row builds one
@@ -192,13 +205,13 @@ def _percent(value: float | None) -> str:
 
 def gpu_table(rows: list[Row], steps: int, warmup: int, pre_encoded: bool) -> str:
     """Markdown table of the GPU rows."""
-    lines = ["| row | seed GB | peak allocated GB | peak reserved GB | reserved / seed | samples/s | MFU |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| row | seed GB | training: peak allocated GB | peak reserved GB | reserved / seed | "
+             "validation images: peak reserved GB | samples/s | MFU |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         r = run_row(row, steps, warmup, pre_encoded, "gpu")
         ratio = f"{r['reserved_gb'] / row.seed_gb:.2f}" if row.seed_gb else "n/a"
         lines.append(f"| {row.name} | {row.seed_gb or 'n/a'} | {r['allocated_gb']:.2f} | {r['reserved_gb']:.2f} | "
-                     f"{ratio} | {r['samples_per_s']:.1f} | {_percent(r['mfu'])} |")
+                     f"{ratio} | {r['validation_gb']:.2f} | {r['samples_per_s']:.1f} | {_percent(r['mfu'])} |")
         print(lines[-1], flush=True)
     return "\n".join(lines)
 

@@ -111,3 +111,16 @@ def test_training_from_cache_matches_training_from_pixels(tmp_path, toy_dataset)
         assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(ours, theirs)), tag
     a, b = transformer_weights(from_cache), transformer_weights(from_pixels)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+@pytest.mark.parametrize("cache", ["on", "off"])
+def test_worker_processes_load_both_kinds_of_samples(tmp_path, toy_dataset, cache):
+    import pickle
+
+    datamodule = AmusedDataModule(dataset=str(toy_dataset), resolution=32, batch_size=4, num_workers=2, cache=cache,
+                                  cache_dir=str(tmp_path))
+    datamodule.setup("fit")
+    if cache == "on":
+        assert len(pickle.dumps(datamodule.train_samples.cache)) < 1000, "workers get the folder, not the arrays"
+    batches = list(datamodule.train_dataloader())
+    assert sum(len(batch["micro_conds"]) for batch in batches) == len(datamodule.train_samples)

@@ -66,6 +66,10 @@ class TokenCache:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def __reduce__(self):
+        # Data loader workers reopen the files rather than receive pickled copies of the arrays.
+        return TokenCache, (self.folder,)
+
     def sample(self, row: int, seed: int) -> dict[str, torch.Tensor]:
         """One of the row's cached crops, chosen by `seed`, with its micro_conds and prompt embeddings."""
         crop = random.Random(seed).randrange(int(self.num_crops[row]))
