@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from PIL import Image
 from torch import nn
 from torchmetrics import MeanMetric
@@ -260,13 +261,16 @@ class AmusedModule(L.LightningModule):
         if self.hparams.allow_tf32:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         dtype = AUTOCAST_DTYPES.get(str(self.trainer.precision))
-        if self.hparams.frozen_in_compute_dtype and dtype is not None:
+        # Sharding strategies (FSDP, DeepSpeed) own the parameters' storage: leave it to them.
+        unsharded = isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+        if self.hparams.frozen_in_compute_dtype and dtype is not None and unsharded:
             # The VQ model is left in fp32: it runs outside autocast (it yields NaNs in fp16).
             self.frozen_weights_cast = sum(cast_frozen_autocast_layers(part, dtype)
                                            for part in (self.transformer, self.text_encoder)) > 0
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.hparams.offload_frozen and self.trainer.world_size == 1:
+        # One process only: DDP broadcasts buffers to every rank's device, and would meet them on the CPU.
+        if self.hparams.offload_frozen and isinstance(self.trainer.strategy, SingleDeviceStrategy):
             if "encoder_hidden_states" in batch and self.hparams.cond_dropout_prob > 0:
                 self.empty_prompt_embeddings()  # computed while the text encoder is still on the device
             for part in unused_frozen_parts(self.vqvae, self.text_encoder, self.text_encoder_trains, batch):
