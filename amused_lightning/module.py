@@ -272,7 +272,9 @@ class AmusedModule(L.LightningModule):
         # One process only: DDP broadcasts buffers to every rank's device, and would meet them on the CPU.
         if self.hparams.offload_frozen and isinstance(self.trainer.strategy, SingleDeviceStrategy):
             if "encoder_hidden_states" in batch and self.hparams.cond_dropout_prob > 0:
-                self.empty_prompt_embeddings()  # computed while the text encoder is still on the device
+                # Encoded while the text encoder is still on the device, in the compute dtype as in a step.
+                with self.trainer.precision_plugin.forward_context():
+                    self.empty_prompt_embeddings()
             for part in unused_frozen_parts(self.vqvae, self.text_encoder, self.text_encoder_trains, batch):
                 part.to("cpu")
 

@@ -134,3 +134,14 @@ def test_lora_checkpoint_holds_no_frozen_weights(tmp_path, toy_dataset):
     for key, value in fresh.transformer.state_dict().items():
         if "lora_" not in key:
             assert torch.equal(value, base[key]), f"frozen base weight {key} changed"
+
+
+def test_mixed_precision_lora_run_with_cache_offload_and_dropout(tmp_path, toy_dataset):
+    # bf16-mixed on CPU exercises the same paths as fp16 on a GPU: frozen weights cast, frozen parts parked,
+    # the empty prompt encoded before the text encoder leaves, validation bringing everything back.
+    cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "3", "--trainer.precision", "bf16-mixed",
+              "--model.lora.r", "4", "--model.cond_dropout_prob", "0.5", "--validation_steps", "2",
+              "--model.validation_prompts", '["a pixel art character"]', "--model.generation.num_inference_steps", "2")
+    assert cli.model.frozen_weights_cast and cli.trainer.global_step == 3
+    assert type(cli.datamodule.train_samples).__name__ == "CachedSamples"
+    assert (tmp_path / "validation" / "step=000002.png").is_file()
