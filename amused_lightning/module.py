@@ -153,7 +153,7 @@ class AmusedModule(L.LightningModule):
     def train(self, mode: bool = True) -> AmusedModule:
         super().train(mode)
         self.vqvae.eval()
-        if not any(p.requires_grad for p in self.text_encoder.parameters()):
+        if not self.text_encoder_trains:
             self.text_encoder.eval()
         return self
 

@@ -1,0 +1,53 @@
+"""CUDA-only paths: frozen parts leaving and rejoining the device, fp16 with a GradScaler, the benchmark's GPU row.
+Run with `pytest -m gpu` on a machine with a CUDA device; elsewhere they are skipped."""
+
+import pytest
+import torch
+
+from helpers import fit
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def test_fp16_lora_run_parks_frozen_parts_and_brings_them_back(tmp_path, toy_dataset):
+    cli = fit(tmp_path, toy_dataset, "--trainer.accelerator", "gpu", "--trainer.precision", "16-mixed",
+              "--trainer.max_steps", "3", "--model.lora.r", "4", "--model.cond_dropout_prob", "0.5",
+              "--validation_steps", "2", "--model.validation_prompts", '["a pixel art character"]')
+    module = cli.model
+    assert module.frozen_weights_cast and cli.trainer.global_step == 3
+    assert module.transformer.transformer_layers[0].attn1.to_q.base_layer.weight.dtype == torch.float16
+    assert module.vqvae.encoder.conv_in.weight.device.type == "cuda", "back on the device after training"
+    assert module.vqvae.encoder.conv_in.weight.dtype == torch.float32
+    assert (tmp_path / "validation" / "step=000002.png").is_file()
+
+
+def test_frozen_parts_are_off_the_device_during_steps(tmp_path, toy_dataset):
+    import lightning as L
+
+    from amused_lightning.data import AmusedDataModule
+    from amused_lightning.module import AmusedModule
+
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append((pl_module.vqvae.encoder.conv_in.weight.device.type,
+                         pl_module.text_encoder.text_model.embeddings.token_embedding.weight.device.type))
+
+    datamodule = AmusedDataModule(dataset=str(toy_dataset), resolution=32, batch_size=4, cache_dir=str(tmp_path))
+    trainer = L.Trainer(accelerator="gpu", devices=1, precision="16-mixed", max_steps=2, logger=False,
+                        enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False,
+                        callbacks=[Probe()])
+    trainer.fit(AmusedModule(), datamodule=datamodule)
+    assert type(datamodule.train_samples).__name__ == "CachedSamples"
+    assert seen == [("cpu", "cpu"), ("cpu", "cpu")]
+
+
+def test_benchmark_gpu_row_reports_memory_and_mfu():
+    from benchmark import Row, run_row
+
+    row = Row("tiny-gpu", "tiny", 64, "lora", 2, 2, None, precision="16-mixed")
+    result = run_row(row, steps=2, warmup=1, pre_encoded=True, accelerator="gpu")
+    assert 0 < result["allocated_gb"] <= result["reserved_gb"]
+    assert result["validation_gb"] > 0 and result["samples_per_s"] > 0
