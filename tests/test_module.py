@@ -173,3 +173,19 @@ def test_final_export_uses_stored_precision_weights(tmp_path, toy_dataset):
     exported = UVit2DModel.from_pretrained(str(tmp_path / "export" / "transformer"))
     base = load_components("tiny").transformer
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in exported.state_dict().items())
+
+
+def test_fused_adamw_gives_the_same_update():
+    import functools
+
+    batch = batch_for(AmusedModule())
+    weights = []
+    for fused in (False, True):
+        module = AmusedModule()
+        optimizer = functools.partial(torch.optim.AdamW, lr=1e-2, fused=fused)(
+            [p for p in module.transformer.parameters() if p.requires_grad])
+        loss_and_grads(module, batch)
+        optimizer.step()
+        weights.append({n: p.detach().clone() for n, p in module.transformer.named_parameters()})
+    assert all(torch.allclose(weights[0][n], weights[1][n], rtol=1e-5, atol=1e-7) for n in weights[0])
+    assert not all(torch.equal(weights[0][n], AmusedModule().transformer.state_dict()[n]) for n in weights[0])
