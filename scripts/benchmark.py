@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from amused_lightning.adapters import LoraSettings
 from amused_lightning.encoding import encode_image_tokens, encode_prompts
 from amused_lightning.module import AmusedModule
+from amused_lightning.offload import OffloadedAdamW
 
 GB = 1e9  # the seed tables' unit; ours are reported in the same unit
 
@@ -120,13 +121,15 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def build_module(row: Row) -> AmusedModule:
+def build_module(row: Row, offload_optimizer: bool = False) -> AmusedModule:
     """The row's model with our defaults (masked head, offloading, frozen weights in the compute dtype)."""
     lora = LoraSettings(r=16, alpha=row.lora_alpha) if row.mode == "lora" else None
     if row.mode == "8bit":
         import bitsandbytes
 
         optimizer = functools.partial(bitsandbytes.optim.AdamW8bit, lr=1e-5)
+    elif row.mode == "full" and offload_optimizer:
+        optimizer = functools.partial(OffloadedAdamW, lr=1e-5)
     else:
         optimizer = functools.partial(torch.optim.AdamW, lr=1e-5, fused=torch.cuda.is_available())
     return AmusedModule(pretrained=row.preset, optimizer=optimizer, lora=lora,
@@ -171,9 +174,10 @@ def peak_flops() -> float | None:
     return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
 
 
-def run_row(row: Row, steps: int, warmup: int, pre_encoded: bool, accelerator: str) -> dict:
+def run_row(row: Row, steps: int, warmup: int, pre_encoded: bool, accelerator: str,
+            offload_optimizer: bool = False) -> dict:
     """Train the row for warmup + steps optimizer steps; its peak memory, throughput and MFU."""
-    module = build_module(row)
+    module = build_module(row, offload_optimizer)
     samples = row.batch * row.accumulation * (warmup + steps)
     loader = DataLoader(SyntheticBatches(module, row.resolution, samples, pre_encoded), batch_size=row.batch,
                         pin_memory=accelerator == "gpu")  # synthetic batches are cheap: no worker forks
@@ -203,12 +207,12 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
-def gpu_table(rows: list[Row], steps: int, warmup: int, pre_encoded: bool) -> str:
+def gpu_table(rows: list[Row], steps: int, warmup: int, pre_encoded: bool, offload_optimizer: bool) -> str:
     """Markdown table of the GPU rows."""
     lines = ["| row | seed GB | training: peak allocated GB | peak reserved GB | reserved / seed | "
              "validation images: peak reserved GB | samples/s | MFU |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        r = run_row(row, steps, warmup, pre_encoded, "gpu")
+        r = run_row(row, steps, warmup, pre_encoded, "gpu", offload_optimizer)
         ratio = f"{r['reserved_gb'] / row.seed_gb:.2f}" if row.seed_gb else "n/a"
         lines.append(f"| {row.name} | {row.seed_gb or 'n/a'} | {r['allocated_gb']:.2f} | {r['reserved_gb']:.2f} | "
                      f"{ratio} | {r['validation_gb']:.2f} | {r['samples_per_s']:.1f} | {_percent(r['mfu'])} |")
@@ -248,13 +252,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
     parser.add_argument("--pixels", action="store_true", help="gpu: encode pixels and prompts every step")
+    parser.add_argument("--offload-optimizer", action="store_true",
+                        help="gpu: full-finetuning rows use OffloadedAdamW (moments and update in host memory)")
     parser.add_argument("--output", help="append the table, with its environment, to this markdown file")
     args = parser.parse_args()
     if args.mode == "gpu":
         if not torch.cuda.is_available():
             parser.error("gpu mode needs a CUDA device")
         rows = [row for row in seed_rows() if not args.rows or row.name in args.rows]
-        table = gpu_table(rows, args.steps, args.warmup, not args.pixels)
+        table = gpu_table(rows, args.steps, args.warmup, not args.pixels, args.offload_optimizer)
     else:
         table = cpu_table(args.presets, args.steps, args.warmup)
     text = f"\n### {args.mode.upper()}: {environment()}\n\n{table}\n"
