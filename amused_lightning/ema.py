@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -79,3 +79,22 @@ class TrainedWeightsEMA:
         if state.keys() != self.shadow.keys():
             raise ValueError("the checkpoint's EMA weights do not match this model's trained parameters")
         self.shadow = {name: state[name].float().to(self.shadow[name].device) for name in self.shadow}
+
+
+def resolve_weights(ema: TrainedWeightsEMA | None, weights: str | None) -> str:
+    """"ema" or "trained"; None or "auto" pick the average when one was kept."""
+    if weights in (None, "auto"):
+        return "ema" if ema is not None else "trained"
+    if weights not in ("ema", "trained"):
+        raise ValueError(f"weights={weights!r} must be 'auto', 'ema' or 'trained'")
+    if weights == "ema" and ema is None:
+        raise ValueError("weights='ema' but this run kept no EMA (model.ema is unset): use weights='trained'")
+    return weights
+
+
+@contextmanager
+def holding(module: nn.Module, weights: str | None) -> Iterator[str]:
+    """Inside the block `module` holds the chosen weights (see `resolve_weights`); yields which ones."""
+    chosen = resolve_weights(module.ema, weights)
+    with module.ema.swapped_in(module) if chosen == "ema" else nullcontext():
+        yield chosen

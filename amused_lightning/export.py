@@ -9,7 +9,6 @@ import argparse
 import json
 import shutil
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 
 import diffusers
@@ -22,6 +21,7 @@ from torch import nn
 from transformers import CLIPTextModelWithProjection
 
 from amused_lightning.adapters import lora_metadata, lora_state_dict
+from amused_lightning.ema import holding, resolve_weights
 from amused_lightning.module import CHECKPOINT_MARK, AmusedModule
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -98,17 +98,13 @@ def prepare_output(folder: Path, overwrite: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
-def export_module(module: AmusedModule, folder: Path, weights: str = "ema", merge_lora: bool = False,
+def export_module(module: AmusedModule, folder: Path, weights: str | None = None, merge_lora: bool = False,
                   overwrite: bool = False) -> list[Path]:
-    """The pipeline folder of `module`'s `weights` (ema or trained), plus, for unmerged adapters, the LoRA file."""
-    if weights not in ("ema", "trained"):
-        raise ValueError(f"weights={weights!r} must be 'ema' or 'trained'")
-    if weights == "ema" and module.ema is None:
-        raise ValueError("weights='ema' but this run kept no EMA (model.ema is unset): use weights='trained'")
-    prepare_output(folder, overwrite)
-    chosen = module.ema.swapped_in(module) if weights == "ema" else nullcontext()
+    """The pipeline folder of `module`'s `weights` (ema, trained, or None: ema when kept), plus, for unmerged
+    adapters, the LoRA file."""
     written = []
-    with chosen:
+    with holding(module, weights):
+        prepare_output(folder, overwrite)
         # A merged pipeline already holds the adapters: a LoRA file beside it would be applied twice.
         if not merge_lora and (has_lora(module.transformer) or has_lora(module.text_encoder)):
             written.append(write_lora_file(module, folder))
@@ -143,7 +139,7 @@ class FinalExport(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: AmusedModule) -> None:
         if not (self.enabled and trainer.is_global_zero):
             return
-        weights = self.weights if self.weights != "auto" else ("ema" if pl_module.ema is not None else "trained")
+        weights = resolve_weights(pl_module.ema, self.weights)
         folder = Path(trainer.default_root_dir) / "export"
         module = full_precision_copy(pl_module) if pl_module.frozen_weights_cast else pl_module
         for path in export_module(module, folder, weights, self.merge_lora, overwrite=True):
@@ -179,9 +175,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
                         help="fold LoRA adapters into the pipeline weights (then no separate LoRA file is written)")
     parser.add_argument("--overwrite", action="store_true", help="replace an export already in the folder")
     args = parser.parse_args(argv)
-    module = load_checkpoint_module(args.checkpoint)
-    weights = args.weights or ("ema" if module.ema is not None else "trained")
-    written = export_module(module, args.output, weights, args.merge_lora, args.overwrite)
+    written = export_module(load_checkpoint_module(args.checkpoint), args.output, args.weights, args.merge_lora,
+                            args.overwrite)
     for path in written:
         print(f"wrote {path}")
     return written

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import re
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from amused_lightning.adapters import load_lora_file
+from amused_lightning.ema import holding
 from amused_lightning.export import LORA_WEIGHT_NAME, load_checkpoint_module
 from amused_lightning.generation import GenerationSettings, check_generation_settings
 from amused_lightning.module import AmusedModule
@@ -84,12 +84,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise FileExistsError(f"{len(existing)} files already exist in {str(args.output)!r} ({existing[0]}, ...): "
                               "pass --overwrite to replace them")
     module = load_source(args).eval().to("cuda" if torch.cuda.is_available() else "cpu")
-    weights = args.weights or ("ema" if module.ema is not None else "trained")
-    if weights == "ema" and module.ema is None:
-        raise ValueError("--weights ema but the checkpoint kept no EMA")
     prompts = [prompt for prompt in args.prompts for _ in range(args.num_images)]
-    args.output.mkdir(parents=True, exist_ok=True)
-    with module.ema.swapped_in(module) if weights == "ema" else nullcontext():
+    with holding(module, args.weights):
+        args.output.mkdir(parents=True, exist_ok=True)
         for start in tqdm(range(0, len(prompts), args.batch_size), desc="generating", unit="batch"):
             batch = prompts[start:start + args.batch_size]
             images = module.generate(batch, settings, seed=args.seed + start, resolution=args.resolution)
