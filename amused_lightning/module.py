@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,7 @@ class AmusedModule(L.LightningModule):
         self._empty_prompt: tuple[torch.Tensor, torch.Tensor] | None = None
         self._ema_step = 0
         self.frozen_weights_cast = False
+        self._frozen_parked = False
 
     def _choose_trained_weights(self, parts: Components) -> None:
         """Freeze what does not train, add adapters, and set up gradient checkpointing."""
@@ -188,13 +189,11 @@ class AmusedModule(L.LightningModule):
         """Logits for `tokens` with `mask`ed positions hidden, and the labels to score them against."""
         mask = mask.view_as(tokens)
         inputs, labels = apply_mask(tokens, mask, self.mask_id)
-        if not self.hparams.logits_at_masked_only:
-            return self.transformer(inputs, encoder_hidden_states=hidden, pooled_text_emb=pooled,
-                                    micro_conds=micro_conds), labels
-        with logits_only_at(self.transformer, mask):
+        masked_only = self.hparams.logits_at_masked_only
+        with logits_only_at(self.transformer, mask) if masked_only else nullcontext():
             logits = self.transformer(inputs, encoder_hidden_states=hidden, pooled_text_emb=pooled,
                                       micro_conds=micro_conds)
-        return logits, tokens[mask]
+        return logits, tokens[mask] if masked_only else labels
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         generator = self._micro_batch_generator(batch_idx)
@@ -269,14 +268,17 @@ class AmusedModule(L.LightningModule):
                                            for part in (self.transformer, self.text_encoder)) > 0
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # One process only: DDP broadcasts buffers to every rank's device, and would meet them on the CPU.
-        if self.hparams.offload_frozen and isinstance(self.trainer.strategy, SingleDeviceStrategy):
+        # Once per stretch of training (validation brings the parts back). One process only: DDP broadcasts buffers
+        # to every rank's device, and would meet them on the CPU.
+        if (self.hparams.offload_frozen and not self._frozen_parked
+                and isinstance(self.trainer.strategy, SingleDeviceStrategy)):
             if "encoder_hidden_states" in batch and self.hparams.cond_dropout_prob > 0:
                 # Encoded while the text encoder is still on the device, in the compute dtype as in a step.
                 with self.trainer.precision_plugin.forward_context():
                     self.empty_prompt_embeddings()
             for part in unused_frozen_parts(self.vqvae, self.text_encoder, self.text_encoder_trains, batch):
                 part.to("cpu")
+            self._frozen_parked = True
 
     def on_validation_start(self) -> None:
         self._bring_back_frozen_parts()
@@ -288,6 +290,7 @@ class AmusedModule(L.LightningModule):
         # Validation decodes images and may encode: the frozen parts return to the training device.
         self.vqvae.to(self.device)
         self.text_encoder.to(self.device)
+        self._frozen_parked = False
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None and self.global_step > self._ema_step:
