@@ -10,6 +10,7 @@ import torch
 from diffusers import AmusedScheduler, UVit2DModel, VQModel
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
+from amused_lightning.encoding import pixels_per_token
 from amused_lightning.presets import PRESETS, byte_level_clip_tokenizer, clip_text_config
 from amused_lightning.seeding import derive_seed
 
@@ -60,12 +61,9 @@ def load_tokenizer(pretrained: str, revision: str | None = None) -> CLIPTokenize
 def vq_downscale_factor(pretrained: str, revision: str | None = None) -> int:
     """How many pixels one image token spans per side, read from the VQ config alone."""
     if pretrained in PRESETS:
-        channels = PRESETS[pretrained]["vqvae"]["block_out_channels"]
-    else:
-        _check_local_layout(pretrained)
-        config = _load(VQModel, pretrained, "vqvae", revision=revision, config_only=True)
-        channels = config["block_out_channels"]
-    return 2 ** (len(channels) - 1)
+        return pixels_per_token(PRESETS[pretrained]["vqvae"])
+    _check_local_layout(pretrained)
+    return pixels_per_token(_load(VQModel, pretrained, "vqvae", revision=revision, config_only=True))
 
 
 def components_identity(pretrained: str, revision: str | None, variant: str | None, seed: int) -> str:

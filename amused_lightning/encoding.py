@@ -9,6 +9,11 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 from amused_lightning.presets import CLIP_MAX_LENGTH
 
 
+def pixels_per_token(vq_config) -> int:
+    """How many pixels one image token spans per side: each VQ encoder level after the first halves the image."""
+    return 2 ** (len(vq_config["block_out_channels"]) - 1)
+
+
 @torch.no_grad()
 def encode_image_tokens(vqvae: VQModel, pixels: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
     """(B, 3, H, W) pixels in [0, 1] -> (B, h, w) code indices, encoding `chunk_size` images at a time in fp32."""

@@ -10,7 +10,7 @@ import torch
 from diffusers import UVit2DModel, VQModel
 from PIL import Image
 
-from amused_lightning.encoding import encode_prompts, tokenize_prompts
+from amused_lightning.encoding import encode_prompts, pixels_per_token, tokenize_prompts
 
 
 @dataclass
@@ -114,7 +114,7 @@ def generate_images(transformer: UVit2DModel, vqvae: VQModel, text_encoder, toke
                     settings: GenerationSettings, seed: int, resolution: int | None, mask_id: int) -> list[Image.Image]:
     """Images for `prompts` from a generator seeded by `seed`, at `resolution` (default: the model's own)."""
     device = next(transformer.parameters()).device
-    factor = 2 ** (len(vqvae.config.block_out_channels) - 1)
+    factor = pixels_per_token(vqvae.config)
     size = resolution or transformer.config.sample_size * factor
     hidden, pooled = encode_prompts(text_encoder, tokenize_prompts(tokenizer, prompts).to(device))
     # One empty prompt per prompt, as AmusedPipeline encodes them: batch composition can move the last bits.

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from amused_lightning.adapters import LoraSettings
-from amused_lightning.encoding import encode_image_tokens, encode_prompts
+from amused_lightning.encoding import encode_image_tokens, encode_prompts, pixels_per_token
 from amused_lightning.module import AmusedModule
 from amused_lightning.offload import OffloadedAdamW
 
@@ -77,7 +77,7 @@ class SyntheticBatches(Dataset):
     def __init__(self, module: AmusedModule, resolution: int, length: int, pre_encoded: bool):
         self.length, self.pre_encoded, self.resolution = length, pre_encoded, resolution
         self.codes = module.vqvae.config.num_vq_embeddings
-        self.grid = resolution // 2 ** (len(module.vqvae.config.block_out_channels) - 1)
+        self.grid = resolution // pixels_per_token(module.vqvae.config)
         self.width = module.text_encoder.config.hidden_size
         self.projection = module.text_encoder.config.projection_dim
         self.vocab = len(module.tokenizer)

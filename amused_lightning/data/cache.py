@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from amused_lightning.data.transforms import has_unique_crop, preprocess_image
-from amused_lightning.encoding import encode_image_tokens, encode_prompts, tokenize_prompts
+from amused_lightning.encoding import encode_image_tokens, encode_prompts, pixels_per_token, tokenize_prompts
 from amused_lightning.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _build(spec: CacheSpec, folder: Path, source, rows: list[int], encoders, dev
            require_unique_crops: bool) -> bool:
     """Encode every row's crops and prompt into `folder`; False if a required unique crop is missing."""
     vqvae, text_encoder, tokenizer = (part.to(device).eval() if hasattr(part, "eval") else part for part in encoders)
-    grid = spec.resolution // 2 ** (len(vqvae.config.block_out_channels) - 1)
+    grid = spec.resolution // pixels_per_token(vqvae.config)
     tokens = np.lib.format.open_memmap(folder / "tokens.npy", "w+", np.int16, (len(rows), spec.crops, grid, grid))
     conds = np.lib.format.open_memmap(folder / "micro_conds.npy", "w+", np.float32, (len(rows), spec.crops, 5))
     num_crops = np.zeros(len(rows), dtype=np.int16)
