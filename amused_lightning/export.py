@@ -21,11 +21,11 @@ from torch import nn
 from transformers import CLIPTextModelWithProjection
 
 from amused_lightning.adapters import lora_metadata, lora_state_dict
+from amused_lightning.components import SUBFOLDERS
 from amused_lightning.ema import holding, resolve_weights
 from amused_lightning.module import CHECKPOINT_MARK, AmusedModule
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-PIPELINE_PARTS = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
 MODEL_INDEX = {
     "_class_name": "AmusedPipeline",
     "scheduler": ["diffusers", "AmusedScheduler"],
@@ -34,7 +34,7 @@ MODEL_INDEX = {
     "transformer": ["diffusers", "UVit2DModel"],
     "vqvae": ["diffusers", "VQModel"],
 }
-EXPORT_MARKERS = (LORA_WEIGHT_NAME, "model_index.json", *PIPELINE_PARTS)
+EXPORT_MARKERS = (LORA_WEIGHT_NAME, "model_index.json", *SUBFOLDERS)
 
 
 def has_lora(model: nn.Module) -> bool:
