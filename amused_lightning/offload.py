@@ -1,4 +1,5 @@
-"""AdamW whose moments and update live in host memory, for full finetuning on a small GPU."""
+"""AdamW, or bitsandbytes' 8-bit AdamW, with its state and update in host memory, for full finetuning on a small
+GPU."""
 
 from __future__ import annotations
 
@@ -26,7 +27,12 @@ class OffloadedAdamW(torch.optim.Optimizer):
             copies = [p.detach().to("cpu", torch.float32, copy=True) for p in group["params"]]
             host_groups.append({**{k: group[k] for k in _HYPERPARAMETERS},
                                 "params": [c.pin_memory() if pin else c for c in copies]})
-        self.host = torch.optim.AdamW(host_groups, foreach=True)
+        self.host = self.host_optimizer(host_groups)
+
+    @staticmethod
+    def host_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
+        """The optimizer that updates the host copies."""
+        return torch.optim.AdamW(groups, foreach=True)
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
@@ -59,3 +65,14 @@ class OffloadedAdamW(torch.optim.Optimizer):
         # The host copies start from the device weights, which a resumed run has already restored.
         for device_param, host_param, _ in self._pairs():
             host_param.copy_(device_param.detach())
+
+
+class OffloadedAdamW8bit(OffloadedAdamW):
+    """bitsandbytes' AdamW8bit run on fp32 host copies of the weights, as OffloadedAdamW runs AdamW: the device keeps
+    weights and gradients only. The update is that of bitsandbytes' CPU kernels (same 8-bit blockwise algorithm)."""
+
+    @staticmethod
+    def host_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(groups)

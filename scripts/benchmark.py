@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from amused_lightning.adapters import LoraSettings
 from amused_lightning.encoding import encode_image_tokens, encode_prompts, pixels_per_token
 from amused_lightning.module import AmusedModule
-from amused_lightning.offload import OffloadedAdamW
+from amused_lightning.offload import OffloadedAdamW, OffloadedAdamW8bit
 
 GB = 1e9  # the seed tables' unit; ours are reported in the same unit
 
@@ -69,6 +69,15 @@ def seed_rows() -> list[Row]:
     rows.append(Row("mfu-target-256-full-16x1-bf16", "amused-256-arch", 256, "full", 16, 1, None,
                     checkpointing=False, precision="bf16-mixed"))
     return rows
+
+
+def select_rows(names: list[str] | None) -> list[Row]:
+    """The seed rows named in `names` (all when none are), refusing a name that is no row."""
+    rows = seed_rows()
+    unknown = sorted(set(names or []) - {row.name for row in rows})
+    if unknown:
+        raise ValueError(f"--rows: no seed row is named {', '.join(unknown)}; rows: {', '.join(r.name for r in rows)}")
+    return [row for row in rows if not names or row.name in names]
 
 
 class SyntheticBatches(Dataset):
@@ -127,7 +136,8 @@ def build_module(row: Row, offload_optimizer: bool = False) -> AmusedModule:
     if row.mode == "8bit":
         import bitsandbytes
 
-        optimizer = functools.partial(bitsandbytes.optim.AdamW8bit, lr=1e-5)
+        optimizer_class = OffloadedAdamW8bit if offload_optimizer else bitsandbytes.optim.AdamW8bit
+        optimizer = functools.partial(optimizer_class, lr=1e-5)
     elif row.mode == "full" and offload_optimizer:
         optimizer = functools.partial(OffloadedAdamW, lr=1e-5)
     else:
@@ -253,13 +263,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
     parser.add_argument("--pixels", action="store_true", help="gpu: encode pixels and prompts every step")
     parser.add_argument("--offload-optimizer", action="store_true",
-                        help="gpu: full-finetuning rows use OffloadedAdamW (moments and update in host memory)")
+                        help="gpu: full-finetuning rows use OffloadedAdamW, 8-bit rows OffloadedAdamW8bit (optimizer "
+                             "state and update in host memory)")
     parser.add_argument("--output", help="append the table, with its environment, to this markdown file")
     args = parser.parse_args()
     if args.mode == "gpu":
+        try:
+            rows = select_rows(args.rows)
+        except ValueError as error:
+            parser.error(str(error))
         if not torch.cuda.is_available():
             parser.error("gpu mode needs a CUDA device")
-        rows = [row for row in seed_rows() if not args.rows or row.name in args.rows]
         table = gpu_table(rows, args.steps, args.warmup, not args.pixels, args.offload_optimizer)
     else:
         table = cpu_table(args.presets, args.steps, args.warmup)
