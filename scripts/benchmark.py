@@ -254,6 +254,15 @@ def environment() -> str:
             f"diffusers {diffusers.__version__}, {torch.get_num_threads()} CPU threads")
 
 
+def publish(title: str, table: str, output: str | None) -> None:
+    """Print the table under a heading naming its environment; append both to `output` if given."""
+    text = f"\n### {title}: {environment()}\n\n{table}\n"
+    print(text)
+    if output:
+        with open(output, "a") as file:
+            file.write(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=("gpu", "cpu"))
@@ -277,11 +286,7 @@ def main() -> None:
         table = gpu_table(rows, args.steps, args.warmup, not args.pixels, args.offload_optimizer)
     else:
         table = cpu_table(args.presets, args.steps, args.warmup)
-    text = f"\n### {args.mode.upper()}: {environment()}\n\n{table}\n"
-    print(text)
-    if args.output:
-        with open(args.output, "a") as file:
-            file.write(text)
+    publish(args.mode.upper(), table, args.output)
 
 
 if __name__ == "__main__":

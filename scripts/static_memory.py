@@ -23,7 +23,7 @@ from amused_lightning.offload import OffloadedAdamW
 from amused_lightning.optim import parameter_groups
 from amused_lightning.placement import AUTOCAST_DTYPES, cast_frozen_autocast_layers, unused_frozen_parts
 
-from benchmark import GB, Row, build_module, environment, select_rows
+from benchmark import GB, Row, build_module, publish, select_rows
 
 PRE_ENCODED_KEYS = ("image_tokens", "encoder_hidden_states", "pooled_text_emb", "micro_conds")
 PIXEL_KEYS = ("pixel_values", "input_ids", "micro_conds")
@@ -129,11 +129,7 @@ def main() -> None:
     except ValueError as error:
         parser.error(str(error))
     table = static_table(rows, args.offload_optimizer, not args.pixels)
-    text = f"\n### Static device memory: {environment()}\n\n{table}\n"
-    print(text)
-    if args.output:
-        with open(args.output, "a") as file:
-            file.write(text)
+    publish("Static device memory", table, args.output)
 
 
 if __name__ == "__main__":
