@@ -263,9 +263,16 @@ class AmusedModule(L.LightningModule):
         # Sharding strategies (FSDP, DeepSpeed) own the parameters' storage: leave it to them.
         unsharded = isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
         if self.hparams.frozen_in_compute_dtype and dtype is not None and unsharded:
-            # The VQ model is left in fp32: it runs outside autocast (it yields NaNs in fp16).
-            self.frozen_weights_cast = sum(cast_frozen_autocast_layers(part, dtype)
-                                           for part in (self.transformer, self.text_encoder)) > 0
+            self.frozen_weights_cast = self.cast_frozen_weights(dtype) > 0
+
+    def cast_frozen_weights(self, dtype: torch.dtype) -> int:
+        """Store frozen Linear/Conv2d weights of the transformer and text encoder in `dtype`; how many changed."""
+        # The VQ model is left in fp32: it runs outside autocast (it yields NaNs in fp16).
+        return sum(cast_frozen_autocast_layers(part, dtype) for part in (self.transformer, self.text_encoder))
+
+    def frozen_parts_unused_by(self, batch: dict) -> list[nn.Module]:
+        """Frozen submodules a training step on `batch` never runs."""
+        return unused_frozen_parts(self.vqvae, self.text_encoder, self.text_encoder_trains, batch)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Once per stretch of training (validation brings the parts back). One process only: DDP broadcasts buffers
@@ -276,7 +283,7 @@ class AmusedModule(L.LightningModule):
                 # Encoded while the text encoder is still on the device, in the compute dtype as in a step.
                 with self.trainer.precision_plugin.forward_context():
                     self.empty_prompt_embeddings()
-            for part in unused_frozen_parts(self.vqvae, self.text_encoder, self.text_encoder_trains, batch):
+            for part in self.frozen_parts_unused_by(batch):
                 part.to("cpu")
             self._frozen_parked = True
 
@@ -306,7 +313,7 @@ class AmusedModule(L.LightningModule):
         self.train_masking_rate.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(parameter_groups([self.transformer, self.text_encoder]))
+        optimizer = self.build_optimizer()
         if self.hparams.scale_lr:
             factor = self.hparams.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
             for group in optimizer.param_groups:
@@ -314,6 +321,10 @@ class AmusedModule(L.LightningModule):
         scheduler = lr_schedule(self.hparams.lr_scheduler, optimizer, self.hparams.lr_warmup_steps,
                                 int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimizer over the trained parameters, in weight-decay groups."""
+        return self.optimizer_factory(parameter_groups([self.transformer, self.text_encoder]))
 
     def trained_state_keys(self) -> set[str]:
         """State-dict keys of the parameters being trained."""

@@ -20,8 +20,7 @@ import torch
 
 from amused_lightning.module import AmusedModule
 from amused_lightning.offload import OffloadedAdamW
-from amused_lightning.optim import parameter_groups
-from amused_lightning.placement import AUTOCAST_DTYPES, cast_frozen_autocast_layers, unused_frozen_parts
+from amused_lightning.placement import AUTOCAST_DTYPES
 
 from benchmark import GB, Row, build_module, publish, select_rows
 
@@ -60,10 +59,8 @@ def place_as_at_fit_start(module: AmusedModule, precision: str, batch_keys: Iter
     """Cast frozen layers as `on_fit_start` does; the frozen parts `on_train_batch_start` moves off the device."""
     dtype = AUTOCAST_DTYPES.get(precision)
     if dtype is not None:
-        for part in (module.transformer, module.text_encoder):
-            cast_frozen_autocast_layers(part, dtype)
-    batch = dict.fromkeys(batch_keys)
-    return unused_frozen_parts(module.vqvae, module.text_encoder, module.text_encoder_trains, batch)
+        module.cast_frozen_weights(dtype)
+    return module.frozen_parts_unused_by(dict.fromkeys(batch_keys))
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -81,7 +78,7 @@ def measure(module: AmusedModule, precision: str, batch_keys: Iterable[str]) -> 
     parked = {id(t) for part in place_as_at_fit_start(module, precision, batch_keys)
               for t in [*part.parameters(), *part.buffers()]}
     resident = [t for t in [*module.parameters(), *module.buffers()] if id(t) not in parked]
-    optimizer = module.optimizer_factory(parameter_groups([module.transformer, module.text_encoder]))
+    optimizer = module.build_optimizer()
     trained = optimizer_params(optimizer)
     for param in trained:
         param.grad = torch.zeros_like(param)
