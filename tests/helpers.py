@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from amused_lightning.cli import AmusedCLI, cli_main
+from amused_lightning.optim import parameter_groups
 
 
 def fit(root: Path, dataset: Path, *extra: str) -> AmusedCLI:
@@ -17,6 +19,28 @@ def fit(root: Path, dataset: Path, *extra: str) -> AmusedCLI:
         "--model.pretrained", "tiny", "--data.dataset", str(dataset), "--data.resolution", "32",
         "--data.batch_size", "4", *extra,
     ])
+
+
+def two_layer_net(width: int = 8, device: str = "cpu") -> torch.nn.Sequential:
+    """Linear, LayerNorm, Linear; the same weights on every call. Width 1500 gives one tensor bitsandbytes keeps in
+    8 bits (over its 4096-element threshold)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, width), torch.nn.LayerNorm(width), torch.nn.Linear(width, 3))
+    return net.to(device)
+
+
+def train_two_layer_net(optimizer_class, steps: int = 4, width: int = 8, device: str = "cpu", **kwargs):
+    """`steps` optimizer steps on random inputs with decay groups and a decaying LR; returns (net, optimizer)."""
+    net = two_layer_net(width, device)
+    optimizer = optimizer_class(parameter_groups([net]), lr=0.05, weight_decay=0.1, **kwargs)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        net(torch.randn(5, 6, generator=generator).to(device)).square().mean().backward()
+        optimizer.step()
+        schedule.step()
+    return net, optimizer
 
 
 def transformer_weights(cli: AmusedCLI) -> dict:

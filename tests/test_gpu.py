@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from amused_lightning.offload import OffloadedAdamW, OffloadedAdamW8bit
-from amused_lightning.optim import parameter_groups
 
-from helpers import fit
+from helpers import fit, train_two_layer_net, two_layer_net
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -58,25 +57,15 @@ def test_benchmark_gpu_row_reports_memory_and_mfu():
     assert result["validation_gb"] > 0 and result["samples_per_s"] > 0
 
 
-def _trained_weights(optimizer_class, device="cuda"):
-    """Weights before and after four steps of a small net whose 9000-weight layer gets 8-bit states."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(6, 1500), torch.nn.LayerNorm(1500), torch.nn.Linear(1500, 3)).to(device)
-    initial = torch.cat([p.detach().flatten() for p in net.parameters()])
-    optimizer = optimizer_class(parameter_groups([net]), lr=0.01, weight_decay=0.1)
-    generator = torch.Generator(device=device).manual_seed(1)
-    for _ in range(4):
-        optimizer.zero_grad()
-        net(torch.randn(5, 6, device=device, generator=generator)).square().mean().backward()
-        optimizer.step()
-    assert all(p.device.type == device for p in net.parameters())
-    return initial, torch.cat([p.detach().flatten() for p in net.parameters()])
-
-
 @pytest.mark.parametrize("reference_class, offloaded_class", [(torch.optim.AdamW, OffloadedAdamW),
                                                               (bitsandbytes.optim.AdamW8bit, OffloadedAdamW8bit)])
 def test_offloaded_optimizers_move_cuda_weights_as_their_on_device_reference(reference_class, offloaded_class):
-    initial, reference = _trained_weights(reference_class)
-    _, offloaded = _trained_weights(offloaded_class)
+    def flat(net):
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    reference_net, _ = train_two_layer_net(reference_class, width=1500, device="cuda")
+    offloaded_net, _ = train_two_layer_net(offloaded_class, width=1500, device="cuda")
+    assert all(p.device.type == "cuda" for p in offloaded_net.parameters())
+    initial, reference, offloaded = flat(two_layer_net(1500, "cuda")), flat(reference_net), flat(offloaded_net)
     # The host runs the CPU kernels: equal arithmetic, not necessarily equal rounding.
     assert (offloaded - reference).norm() <= 0.02 * (reference - initial).norm()

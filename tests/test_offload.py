@@ -6,30 +6,12 @@ from amused_lightning.components import load_components
 from amused_lightning.offload import OffloadedAdamW, OffloadedAdamW8bit
 from amused_lightning.optim import parameter_groups
 
-from helpers import fit
-
-
-def two_layer_net(seed=0, width=8):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(6, width), torch.nn.LayerNorm(width), torch.nn.Linear(width, 3))
-
-
-def train(optimizer_class, steps=4, width=8, **kwargs):
-    net = two_layer_net(width=width)
-    optimizer = optimizer_class(parameter_groups([net]), lr=0.05, weight_decay=0.1, **kwargs)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        net(torch.randn(5, 6, generator=generator)).square().mean().backward()
-        optimizer.step()
-        schedule.step()
-    return net, optimizer
+from helpers import fit, train_two_layer_net, two_layer_net
 
 
 def test_offloaded_adamw_equals_adamw_with_groups_and_schedule():
-    reference, _ = train(torch.optim.AdamW, foreach=True)
-    offloaded, optimizer = train(OffloadedAdamW)
+    reference, _ = train_two_layer_net(torch.optim.AdamW, foreach=True)
+    offloaded, optimizer = train_two_layer_net(OffloadedAdamW)
     for a, b in zip(reference.parameters(), offloaded.parameters()):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
     state = optimizer.state_dict()["state"]
@@ -38,8 +20,8 @@ def test_offloaded_adamw_equals_adamw_with_groups_and_schedule():
 
 def test_offloaded_adamw8bit_equals_bitsandbytes_adamw8bit_with_groups_and_schedule():
     # 1500 x 6 weights: above bitsandbytes' 4096-element threshold, so that tensor gets 8-bit moments.
-    reference, _ = train(bitsandbytes.optim.AdamW8bit, width=1500)
-    offloaded, optimizer = train(OffloadedAdamW8bit, width=1500)
+    reference, _ = train_two_layer_net(bitsandbytes.optim.AdamW8bit, width=1500)
+    offloaded, optimizer = train_two_layer_net(OffloadedAdamW8bit, width=1500)
     for a, b in zip(reference.parameters(), offloaded.parameters()):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
     state = optimizer.host.state.values()
@@ -49,7 +31,7 @@ def test_offloaded_adamw8bit_equals_bitsandbytes_adamw8bit_with_groups_and_sched
 
 @pytest.mark.parametrize("optimizer_class", [OffloadedAdamW, OffloadedAdamW8bit])
 def test_offloaded_optimizer_state_round_trips(optimizer_class):
-    net, optimizer = train(optimizer_class, steps=2, width=1500)
+    net, optimizer = train_two_layer_net(optimizer_class, steps=2, width=1500)
     clone = optimizer_class(parameter_groups([net]), lr=0.05, weight_decay=0.1)
     clone.load_state_dict(optimizer.state_dict())
     params = [p for group in optimizer.host.param_groups for p in group["params"]]
