@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from diffusers import VQModel
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from amused_lightning.presets import CLIP_MAX_LENGTH
+
+
+@dataclass
+class FrozenEncoders:
+    """What the data side needs of the model, handed over once by `AmusedDataModule.connect`."""
+
+    tokenizer: CLIPTokenizer
+    vqvae: VQModel
+    text_encoder: CLIPTextModelWithProjection
+    identity: str
+    """What the encoders' weights depend on (preset and seed, hub id and revision, or local files): the cache key."""
+    text_encoder_trains: bool
+    """Prompt embeddings change as training goes on: they must not be pre-encoded."""
 
 
 def pixels_per_token(vq_config) -> int:
