@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from torch import nn
@@ -59,6 +60,11 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> None:
     inject_adapter_in_model(lora_config(settings), model, adapter_name="default")
     for name, param in model.named_parameters():
         param.requires_grad_("lora_" in name)
+
+
+def has_lora(model: nn.Module) -> bool:
+    """Whether `model` carries LoRA adapters."""
+    return any(isinstance(m, LoraLayer) for m in model.modules())
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import lightning as L
 import torch
 from torch import nn
 
@@ -19,13 +21,11 @@ class EmaSettings:
     update_after_step: int = 0
     """Optimizer steps before the average starts following the weights."""
 
-
-def check_ema_settings(settings: EmaSettings) -> None:
-    """Reject a decay outside (0, 1) or a negative start step."""
-    if not 0.0 < settings.decay < 1.0:
-        raise ValueError(f"model.ema.decay={settings.decay} must lie in (0, 1)")
-    if settings.update_after_step < 0:
-        raise ValueError(f"model.ema.update_after_step={settings.update_after_step} must not be negative")
+    def __post_init__(self) -> None:
+        if not 0.0 < self.decay < 1.0:
+            raise ValueError(f"ema.decay={self.decay} must lie in (0, 1)")
+        if self.update_after_step < 0:
+            raise ValueError(f"ema.update_after_step={self.update_after_step} must not be negative")
 
 
 def ema_decay(step: int, settings: EmaSettings) -> float:
@@ -81,20 +81,80 @@ class TrainedWeightsEMA:
         self.shadow = {name: state[name].float().to(self.shadow[name].device) for name in self.shadow}
 
 
-def resolve_weights(ema: TrainedWeightsEMA | None, weights: str | None) -> str:
+WEIGHT_CHOICES = ("auto", "ema", "trained")
+
+
+def resolve_weights(has_ema: bool, weights: str | None) -> str:
     """"ema" or "trained"; None or "auto" pick the average when one was kept."""
     if weights in (None, "auto"):
-        return "ema" if ema is not None else "trained"
-    if weights not in ("ema", "trained"):
-        raise ValueError(f"weights={weights!r} must be 'auto', 'ema' or 'trained'")
-    if weights == "ema" and ema is None:
-        raise ValueError("weights='ema' but this run kept no EMA (model.ema is unset): use weights='trained'")
+        return "ema" if has_ema else "trained"
+    if weights not in WEIGHT_CHOICES:
+        raise ValueError(f"weights={weights!r} must be one of {list(WEIGHT_CHOICES)}")
+    if weights == "ema" and not has_ema:
+        raise ValueError("weights='ema' but this run kept no EMA (ema.enabled was off): use weights='trained'")
     return weights
 
 
-@contextmanager
-def holding(module: nn.Module, weights: str | None) -> Iterator[str]:
-    """Inside the block `module` holds the chosen weights (see `resolve_weights`); yields which ones."""
-    chosen = resolve_weights(module.ema, weights)
-    with module.ema.swapped_in(module) if chosen == "ema" else nullcontext():
-        yield chosen
+class EMA(L.Callback):
+    """Keeps the average of the trained weights through a fit, validates with it, and checkpoints it."""
+
+    STATE_KEY = "amused_lightning.ema"
+
+    def __init__(self, enabled: bool = False, decay: float = 0.9999, update_after_step: int = 0):
+        """
+        Args:
+            enabled: Keep an exponential moving average of the trained weights, used for validation and export.
+            decay: Upper bound of the EMA decay (diffusers' EMAModel warm-up (1+s)/(10+s) below it).
+            update_after_step: Optimizer steps before the average starts following the weights.
+        """
+        self.enabled, self.settings = enabled, EmaSettings(decay, update_after_step)
+        self.average: TrainedWeightsEMA | None = None
+        self._restored: dict | None = None
+        self._step = 0
+        self._swap: contextlib.ExitStack | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self.STATE_KEY
+
+    def _ensure_average(self, pl_module: nn.Module) -> None:
+        # After a checkpoint restore: a run that turns EMA on when resuming starts from the restored weights.
+        if self.enabled and self.average is None:
+            self.average = TrainedWeightsEMA(pl_module, self.settings)
+            if self._restored is not None:
+                self.average.load_state_dict(self._restored["shadow"])
+                self._step = self._restored["step"]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: nn.Module) -> None:
+        self._ensure_average(pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: nn.Module, outputs, batch, batch_idx: int) -> None:
+        # Once per optimizer step, after it (the last micro-batch of an accumulation).
+        if self.average is not None and trainer.global_step > self._step:
+            self.average.update(pl_module, trainer.global_step)
+            self._step = trainer.global_step
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: nn.Module) -> None:
+        self._ensure_average(pl_module)
+        if self.average is not None:
+            self._swap = contextlib.ExitStack()
+            self._swap.enter_context(self.average.swapped_in(pl_module))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: nn.Module) -> None:
+        # After the module's epoch-end hook, which draws the validation images with the averaged weights.
+        if self._swap is not None:
+            self._swap.close()
+            self._swap = None
+
+    def state_dict(self) -> dict:
+        if self.average is None:
+            return {}
+        return {"shadow": self.average.state_dict(), "step": self._step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restored = state_dict or None
+
+
+def find_ema(trainer: L.Trainer) -> EMA | None:
+    """The trainer's enabled EMA callback, if any."""
+    return next((c for c in trainer.callbacks if isinstance(c, EMA) and c.enabled), None)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import diffusers
@@ -20,10 +19,10 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextModelWithProjection
 
-from amused_lightning.adapters import lora_metadata, lora_state_dict
-from amused_lightning.components import SUBFOLDERS
-from amused_lightning.ema import holding, resolve_weights
-from amused_lightning.module import CHECKPOINT_MARK, AmusedModule
+from amused_lightning.adapters import has_lora, lora_metadata, lora_state_dict
+from amused_lightning.components import SUBFOLDERS, Components
+from amused_lightning.ema import EMA, WEIGHT_CHOICES, find_ema
+from amused_lightning.pipeline import TrainedPipeline
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 MODEL_INDEX = {
@@ -37,14 +36,10 @@ MODEL_INDEX = {
 EXPORT_MARKERS = (LORA_WEIGHT_NAME, "model_index.json", *SUBFOLDERS)
 
 
-def has_lora(model: nn.Module) -> bool:
-    return any(isinstance(m, LoraLayer) for m in model.modules())
-
-
-def write_lora_file(module: AmusedModule, folder: Path) -> Path:
+def write_lora_file(parts: Components, folder: Path) -> Path:
     """Adapters under `transformer.`/`text_encoder.` with their LoraConfig in the metadata (alpha included)."""
     tensors, metadata = {}, {}
-    for prefix, model in (("transformer", module.transformer), ("text_encoder", module.text_encoder)):
+    for prefix, model in (("transformer", parts.transformer), ("text_encoder", parts.text_encoder)):
         if has_lora(model):
             tensors.update({f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in lora_state_dict(model).items()})
             metadata.update({f"{prefix}.{k}": v for k, v in lora_metadata(model).items()})
@@ -74,13 +69,13 @@ def clean_copy(cls, model: nn.Module, merge_lora: bool) -> nn.Module:
     return fresh
 
 
-def write_pipeline(module: AmusedModule, folder: Path, merge_lora: bool) -> Path:
+def write_pipeline(parts: Components, folder: Path, merge_lora: bool) -> Path:
     """A folder `AmusedPipeline.from_pretrained` loads; unmerged adapters go beside it as the LoRA file."""
-    clean_copy(UVit2DModel, module.transformer, merge_lora).save_pretrained(folder / "transformer")
-    clean_copy(CLIPTextModelWithProjection, module.text_encoder, merge_lora).save_pretrained(folder / "text_encoder")
-    module.vqvae.save_pretrained(folder / "vqvae")
-    module.tokenizer.save_pretrained(folder / "tokenizer")
-    module.noise_scheduler.save_pretrained(folder / "scheduler")
+    clean_copy(UVit2DModel, parts.transformer, merge_lora).save_pretrained(folder / "transformer")
+    clean_copy(CLIPTextModelWithProjection, parts.text_encoder, merge_lora).save_pretrained(folder / "text_encoder")
+    parts.vqvae.save_pretrained(folder / "vqvae")
+    parts.tokenizer.save_pretrained(folder / "tokenizer")
+    parts.scheduler.save_pretrained(folder / "scheduler")
     index = {**MODEL_INDEX, "_diffusers_version": diffusers.__version__}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
@@ -98,28 +93,16 @@ def prepare_output(folder: Path, overwrite: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
-def export_module(module: AmusedModule, folder: Path, weights: str | None = None, merge_lora: bool = False,
-                  overwrite: bool = False) -> list[Path]:
-    """The pipeline folder of `module`'s `weights` (ema, trained, or None: ema when kept), plus, for unmerged
-    adapters, the LoRA file."""
+def export_pipeline(pipeline: TrainedPipeline, folder: Path, merge_lora: bool = False,
+                    overwrite: bool = False) -> list[Path]:
+    """The pipeline folder, plus, for unmerged adapters, the LoRA file."""
+    prepare_output(folder, overwrite)
     written = []
-    with holding(module, weights):
-        prepare_output(folder, overwrite)
-        # A merged pipeline already holds the adapters: a LoRA file beside it would be applied twice.
-        if not merge_lora and (has_lora(module.transformer) or has_lora(module.text_encoder)):
-            written.append(write_lora_file(module, folder))
-        written.append(write_pipeline(module, folder, merge_lora))
+    # A merged pipeline already holds the adapters: a LoRA file beside it would be applied twice.
+    if not merge_lora and pipeline.has_lora:
+        written.append(write_lora_file(pipeline.parts, folder))
+    written.append(write_pipeline(pipeline.parts, folder, merge_lora))
     return written
-
-
-def full_precision_copy(module: AmusedModule) -> AmusedModule:
-    """`module` rebuilt from `pretrained` with its trained and EMA weights: frozen weights as stored, not as cast."""
-    fresh = AmusedModule(**{k: v for k, v in module.hparams.items() if not k.startswith("_")})
-    keys = module.trained_state_keys()
-    fresh.load_state_dict({k: v for k, v in module.state_dict().items() if k in keys}, strict=False)
-    if module.ema is not None:
-        fresh.ema.load_state_dict(module.ema.state_dict())
-    return fresh
 
 
 class FinalExport(L.Callback):
@@ -132,36 +115,20 @@ class FinalExport(L.Callback):
             weights: "ema", "trained", or "auto" (ema when the run keeps one).
             merge_lora: Fold LoRA adapters into the exported pipeline weights.
         """
-        if weights not in ("auto", "ema", "trained"):
-            raise ValueError(f"export.weights={weights!r} must be 'auto', 'ema' or 'trained'")
+        if weights not in WEIGHT_CHOICES:
+            raise ValueError(f"export.weights={weights!r} must be one of {list(WEIGHT_CHOICES)}")
         self.enabled, self.weights, self.merge_lora = enabled, weights, merge_lora
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: AmusedModule) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         if not (self.enabled and trainer.is_global_zero):
             return
-        weights = resolve_weights(pl_module.ema, self.weights)
-        folder = Path(trainer.default_root_dir) / "export"
-        module = full_precision_copy(pl_module) if pl_module.frozen_weights_cast else pl_module
-        for path in export_module(module, folder, weights, self.merge_lora, overwrite=True):
-            print(f"exported {weights} weights to {path}")
-
-
-def load_checkpoint_module(path: str | Path) -> AmusedModule:
-    """The run's module rebuilt from a checkpoint: base components from its `pretrained`, trained weights on top."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        # Memory-mapped: only the small header entries are read to tell whether the file is ours.
-        ours = CHECKPOINT_MARK in torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as error:  # a file torch cannot read at all
-        raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint: {error}") from error
-    if not ours:
-        raise ValueError(f"{str(path)!r} is not an amused_lightning checkpoint (no {CHECKPOINT_MARK!r} entry)")
-    with warnings.catch_warnings():
-        # The frozen parts are absent on purpose; on_load_checkpoint checks that every trained weight is there.
-        warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in")
-        return AmusedModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        # The same path as `export` of a checkpoint: the base reloaded in full precision, the trained weights on top.
+        ema = find_ema(trainer)
+        checkpoint = {"hyper_parameters": dict(pl_module.hparams), "state_dict": pl_module.trained_state(),
+                      "callbacks": {EMA.STATE_KEY: ema.state_dict()} if ema is not None else {}}
+        pipeline = TrainedPipeline.from_checkpoint(checkpoint, self.weights)
+        for path in export_pipeline(pipeline, Path(trainer.default_root_dir) / "export", self.merge_lora, True):
+            print(f"exported {pipeline.weights} weights to {path}")
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -169,14 +136,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a .ckpt written by `fit`")
     parser.add_argument("output", type=Path, help="folder to write the LoRA file and pipeline into")
-    parser.add_argument("--weights", choices=("ema", "trained"), default=None,
+    parser.add_argument("--weights", choices=WEIGHT_CHOICES, default=None,
                         help="EMA or raw trained weights (default: ema when the run kept one)")
     parser.add_argument("--merge-lora", action="store_true",
                         help="fold LoRA adapters into the pipeline weights (then no separate LoRA file is written)")
     parser.add_argument("--overwrite", action="store_true", help="replace an export already in the folder")
     args = parser.parse_args(argv)
-    written = export_module(load_checkpoint_module(args.checkpoint), args.output, args.weights, args.merge_lora,
-                            args.overwrite)
+    pipeline = TrainedPipeline.from_file(args.checkpoint, args.weights)
+    written = export_pipeline(pipeline, args.output, args.merge_lora, args.overwrite)
     for path in written:
         print(f"wrote {path}")
     return written

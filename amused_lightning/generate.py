@@ -14,11 +14,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from amused_lightning.adapters import load_lora_file
-from amused_lightning.ema import holding
-from amused_lightning.export import LORA_WEIGHT_NAME, load_checkpoint_module
-from amused_lightning.generation import GenerationSettings, check_generation_settings
-from amused_lightning.module import AmusedModule
+from amused_lightning.decoding import GenerationSettings, check_generation_settings
+from amused_lightning.ema import WEIGHT_CHOICES
+from amused_lightning.export import LORA_WEIGHT_NAME
+from amused_lightning.pipeline import TrainedPipeline
 
 
 def output_names(prompts: list[str], num_images: int) -> list[str]:
@@ -30,17 +29,16 @@ def output_names(prompts: list[str], num_images: int) -> list[str]:
     return names
 
 
-def load_source(args: argparse.Namespace) -> AmusedModule:
+def load_pipeline(args: argparse.Namespace) -> TrainedPipeline:
     """The model named by exactly one of --checkpoint, --pipeline, --pretrained (+ --lora)."""
     if args.checkpoint:
-        return load_checkpoint_module(args.checkpoint)
-    module = AmusedModule(pretrained=args.pipeline or args.pretrained)
+        return TrainedPipeline.from_file(args.checkpoint, args.weights)
     # An unmerged export keeps its adapters in a LoRA file beside the base weights: apply it as diffusers would.
     lora = Path(args.lora) if args.lora else Path(args.pipeline) / LORA_WEIGHT_NAME if args.pipeline else None
-    if lora is not None and (args.lora or lora.is_file()):
-        load_lora_file(lora / LORA_WEIGHT_NAME if lora.is_dir() else lora,
-                       {"transformer": module.transformer, "text_encoder": module.text_encoder})
-    return module
+    if lora is not None and lora.is_dir():
+        lora = lora / LORA_WEIGHT_NAME
+    applied = lora if lora is not None and (args.lora or lora.is_file()) else None
+    return TrainedPipeline.from_pretrained(args.pipeline or args.pretrained, applied)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -54,7 +52,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "(an unmerged export) is applied")
     source.add_argument("--pretrained", help="base model: hub id, pipeline folder or preset; add --lora")
     parser.add_argument("--lora", help="LoRA file, or folder holding pytorch_lora_weights.safetensors")
-    parser.add_argument("--weights", choices=("ema", "trained"), default=None,
+    parser.add_argument("--weights", choices=WEIGHT_CHOICES, default=None,
                         help="for --checkpoint: EMA or raw weights (default: ema when the run kept one)")
     parser.add_argument("--steps", type=int, default=12, help="decoding steps")
     parser.add_argument("--guidance-scale", type=float, default=10.0)
@@ -83,13 +81,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if existing and not args.overwrite:
         raise FileExistsError(f"{len(existing)} files already exist in {str(args.output)!r} ({existing[0]}, ...): "
                               "pass --overwrite to replace them")
-    module = load_source(args).eval().to("cuda" if torch.cuda.is_available() else "cpu")
+    pipeline = load_pipeline(args).to("cuda" if torch.cuda.is_available() else "cpu")
     prompts = [prompt for prompt in args.prompts for _ in range(args.num_images)]
-    with holding(module, args.weights):
-        args.output.mkdir(parents=True, exist_ok=True)
-        for start in tqdm(range(0, len(prompts), args.batch_size), desc="generating", unit="batch"):
-            batch = prompts[start:start + args.batch_size]
-            images = module.generate(batch, settings, seed=args.seed + start, resolution=args.resolution)
-            for image, path in zip(images, paths[start:start + args.batch_size]):
-                image.save(path)
+    args.output.mkdir(parents=True, exist_ok=True)
+    for start in tqdm(range(0, len(prompts), args.batch_size), desc="generating", unit="batch"):
+        batch = prompts[start:start + args.batch_size]
+        images = pipeline.generate(batch, settings, seed=args.seed + start, resolution=args.resolution)
+        for image, path in zip(images, paths[start:start + args.batch_size]):
+            image.save(path)
     return paths

@@ -26,9 +26,11 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from amused_lightning.adapters import LoraSettings
+from amused_lightning.args import LRScheduleArgs, MemoryArgs
 from amused_lightning.encoding import encode_image_tokens, encode_prompts, pixels_per_token
 from amused_lightning.module import AmusedModule
 from amused_lightning.offload import OffloadedAdamW, OffloadedAdamW8bit
+from amused_lightning.placement import FrozenPlacement
 
 GB = 1e9  # the seed tables' unit; ours are reported in the same unit
 
@@ -109,7 +111,7 @@ class SyntheticBatches(Dataset):
 
 class StepTimer(L.Callback):
     """Wall time of the optimizer steps after `warmup` of them, and the peak memory of all training steps (read
-    before fit's end brings the frozen parts back to the device)."""
+    before fit's end restores the offloaded frozen parts to the device)."""
 
     def __init__(self, warmup: int):
         self.warmup, self.start, self.end, self.peak = warmup, None, None, None
@@ -143,7 +145,8 @@ def build_module(row: Row, offload_optimizer: bool = False) -> AmusedModule:
     else:
         optimizer = functools.partial(torch.optim.AdamW, lr=1e-5, fused=torch.cuda.is_available())
     return AmusedModule(pretrained=row.preset, optimizer=optimizer, lora=lora,
-                        gradient_checkpointing=row.checkpointing, lr_warmup_steps=0)
+                        memory=MemoryArgs(gradient_checkpointing=row.checkpointing),
+                        lr_schedule=LRScheduleArgs(warmup_steps=0))
 
 
 def model_flops_per_sample(module: AmusedModule, row: Row, pre_encoded: bool) -> float:
@@ -195,7 +198,7 @@ def run_row(row: Row, steps: int, warmup: int, pre_encoded: bool, accelerator: s
     trainer = L.Trainer(accelerator=accelerator, devices=1, precision=row.precision if accelerator == "gpu" else "32",
                         max_steps=warmup + steps, accumulate_grad_batches=row.accumulation, logger=False,
                         enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[timer])
+                        enable_model_summary=False, callbacks=[timer, FrozenPlacement()])
     if accelerator == "gpu":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

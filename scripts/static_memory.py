@@ -20,7 +20,7 @@ import torch
 
 from amused_lightning.module import AmusedModule
 from amused_lightning.offload import OffloadedAdamW
-from amused_lightning.placement import AUTOCAST_DTYPES
+from amused_lightning.placement import AUTOCAST_DTYPES, cast_frozen_weights, unused_frozen_parts
 
 from benchmark import GB, Row, build_module, publish, select_rows
 
@@ -56,11 +56,11 @@ def storage_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
 
 
 def place_as_at_fit_start(module: AmusedModule, precision: str, batch_keys: Iterable[str]) -> list[torch.nn.Module]:
-    """Cast frozen layers as `on_fit_start` does; the frozen parts `on_train_batch_start` moves off the device."""
+    """Cast frozen layers as FrozenPlacement does at fit start; the frozen parts it offloads at the first batch."""
     dtype = AUTOCAST_DTYPES.get(precision)
     if dtype is not None:
-        module.cast_frozen_weights(dtype)
-    return module.frozen_parts_unused_by(dict.fromkeys(batch_keys))
+        cast_frozen_weights(module, dtype)
+    return unused_frozen_parts(module.vqvae, module.text_encoder, module.text_encoder_trains, dict.fromkeys(batch_keys))
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -75,9 +75,9 @@ def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 def measure(module: AmusedModule, precision: str, batch_keys: Iterable[str]) -> StaticMemory:
     """Weights, gradients and optimizer state of `module` after one optimizer step, as placed for training."""
-    parked = {id(t) for part in place_as_at_fit_start(module, precision, batch_keys)
-              for t in [*part.parameters(), *part.buffers()]}
-    resident = [t for t in [*module.parameters(), *module.buffers()] if id(t) not in parked]
+    offloaded = {id(t) for part in place_as_at_fit_start(module, precision, batch_keys)
+                 for t in [*part.parameters(), *part.buffers()]}
+    resident = [t for t in [*module.parameters(), *module.buffers()] if id(t) not in offloaded]
     optimizer = module.build_optimizer()
     trained = optimizer_params(optimizer)
     for param in trained:

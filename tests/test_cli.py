@@ -4,6 +4,7 @@ import pytest
 import torch
 import yaml
 
+from amused_lightning.__main__ import COMMANDS, main
 from amused_lightning.cli import cli_main
 
 from helpers import fit, scalars, transformer_weights
@@ -34,7 +35,7 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, toy_dataset):
     # 12 images, batch 2, accumulation 2: 3 optimizer steps an epoch, so the checkpoint at step 2 is mid-epoch.
     common = ("--data.batch_size", "2", "--trainer.accumulate_grad_batches", "2",
               "--checkpoint.every_n_train_steps", "2",
-              "--model.cond_dropout_prob", "0.3", "--data.random_flip", "true", "--seed_everything", "7")
+              "--model.objective.cond_dropout_prob", "0.3", "--data.random_flip", "true", "--seed_everything", "7")
     straight = fit(tmp_path / "straight", toy_dataset, "--trainer.max_steps", "4", *common)
     fit(tmp_path / "resumed", toy_dataset, "--trainer.max_steps", "2", *common)
     resumed = fit(tmp_path / "resumed", toy_dataset, "--trainer.max_steps", "4", "--ckpt_path", "last", *common)
@@ -58,3 +59,20 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, toy_dataset):
 def test_quickstart_config_values():
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml").read_text())
     assert config["model"]["pretrained"] == "tiny"
+
+
+def test_one_command_table_lists_every_command_and_only_those(capsys):
+    main(["--help"])
+    listing = capsys.readouterr().out
+    assert all(f"  {name} " in listing for name in ("fit", "validate", "export", "generate")) and len(COMMANDS) == 4
+    for unknown in ("test", "predict", "fitt"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([unknown])
+        assert exit_info.value.code == 2 and f"unknown command {unknown!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "export", "generate"])
+def test_every_command_has_its_own_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out

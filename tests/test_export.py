@@ -6,6 +6,7 @@ from diffusers import AmusedPipeline, UVit2DModel
 
 from amused_lightning.cli import cli_main
 from amused_lightning.components import load_components
+from amused_lightning.ema import find_ema
 from amused_lightning.export import LORA_WEIGHT_NAME
 from amused_lightning.export import main as export_main
 
@@ -17,8 +18,8 @@ def lora_run(tmp_path_factory, toy_dataset):
     """A short LoRA (r 4, alpha 8) + EMA run on the tiny preset, with its final export."""
     root = tmp_path_factory.mktemp("lora-run")
     cli = fit(root, toy_dataset, "--trainer.max_steps", "3", "--model.lora.r", "4", "--model.lora.alpha", "8",
-              "--model.optimizer.init_args.lr", "0.05", "--model.ema.decay", "0.5")
-    return root, cli.model
+              "--model.optimizer.init_args.lr", "0.05", "--ema.enabled", "true", "--ema.decay", "0.5")
+    return root, cli
 
 
 def transformer_inputs(seed=0):
@@ -30,12 +31,13 @@ def transformer_inputs(seed=0):
 
 
 def test_fit_exports_ema_weights_into_the_run_folder(lora_run):
-    root, module = lora_run
+    root, _ = lora_run
     assert (root / "export" / LORA_WEIGHT_NAME).is_file() and (root / "export" / "model_index.json").is_file()
 
 
 def test_exported_lora_reloads_with_its_alpha(lora_run, tmp_path):
-    root, module = lora_run
+    root, cli = lora_run
+    module = cli.model
     export_main([str(root / "checkpoints" / "last.ckpt"), str(tmp_path), "--weights", "trained"])
     fresh = load_components("tiny").transformer
     fresh.load_lora_adapter(str(tmp_path), prefix="transformer", weight_name=LORA_WEIGHT_NAME)
@@ -48,7 +50,8 @@ def test_exported_lora_reloads_with_its_alpha(lora_run, tmp_path):
 
 
 def test_exported_pipeline_loads_and_generates(lora_run, tmp_path):
-    root, module = lora_run
+    root, cli = lora_run
+    module = cli.model
     export_main([str(root / "checkpoints" / "last.ckpt"), str(tmp_path), "--merge-lora", "--weights", "ema"])
     assert not (tmp_path / LORA_WEIGHT_NAME).exists(), "merged weights must not come with a LoRA file to re-apply"
     pipe = AmusedPipeline.from_pretrained(str(tmp_path))
@@ -57,7 +60,7 @@ def test_exported_pipeline_loads_and_generates(lora_run, tmp_path):
     assert image.size == (64, 64)
     merged = UVit2DModel.from_pretrained(str(tmp_path / "transformer"))
     inputs = transformer_inputs(1)
-    with module.ema.swapped_in(module), torch.no_grad():
+    with find_ema(cli.trainer).average.swapped_in(module), torch.no_grad():
         expected = module.transformer(**inputs)
     assert torch.allclose(merged(**inputs), expected, atol=1e-5)
 

@@ -3,9 +3,11 @@ import torch
 from diffusers.training_utils import EMAModel
 
 from amused_lightning.adapters import LoraSettings, TextEncoderLoraSettings
-from amused_lightning.ema import EmaSettings, TrainedWeightsEMA
+from amused_lightning.args import TextEncoderArgs
+from amused_lightning.ema import EMA, EmaSettings, TrainedWeightsEMA, find_ema
 from amused_lightning.module import AmusedModule
 from amused_lightning.optim import LR_SCHEDULES, lr_schedule
+from amused_lightning.placement import FrozenPlacement
 
 from helpers import fit, transformer_weights
 
@@ -21,12 +23,12 @@ def test_transformer_lora_trains_only_adapters():
 def test_lora_targets_that_match_nothing_are_rejected():
     with pytest.raises(ValueError, match=r"model.lora.target_modules=\['to_q', 'nope'\]: \['nope'\] match no"):
         AmusedModule(lora=LoraSettings(target_modules=["to_q", "nope"]))
-    with pytest.raises(ValueError, match=r"model.text_encoder_lora.target_modules=\['to_q'\]"):
-        AmusedModule(train_text_encoder=True, text_encoder_lora=TextEncoderLoraSettings(target_modules=["to_q"]))
+    with pytest.raises(ValueError, match=r"model.text_encoder.lora.target_modules=\['to_q'\]"):
+        AmusedModule(text_encoder=TextEncoderArgs(train=True, lora=TextEncoderLoraSettings(target_modules=["to_q"])))
 
 
 def test_text_encoder_lora_uses_clip_names_and_moves_the_empty_prompt():
-    module = AmusedModule(train_text_encoder=True, text_encoder_lora=TextEncoderLoraSettings(r=2, alpha=4))
+    module = AmusedModule(text_encoder=TextEncoderArgs(train=True, lora=TextEncoderLoraSettings(r=2, alpha=4)))
     text_keys = {k for k in module.trained_state_keys() if k.startswith("text_encoder.")}
     assert text_keys and all("lora_" in k for k in text_keys)
     assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in text_keys} == {"q_proj", "k_proj", "v_proj", "out_proj"}
@@ -41,17 +43,17 @@ def test_text_encoder_lora_uses_clip_names_and_moves_the_empty_prompt():
 
 
 def test_full_text_encoder_training_and_its_guard():
-    module = AmusedModule(train_text_encoder=True)
+    module = AmusedModule(text_encoder=TextEncoderArgs(train=True))
     assert all(p.requires_grad for p in module.text_encoder.parameters())
     assert module.train().text_encoder.training
-    with pytest.raises(ValueError, match="model.text_encoder_lora is set but model.train_text_encoder=False"):
-        AmusedModule(text_encoder_lora=TextEncoderLoraSettings())
+    with pytest.raises(ValueError, match="model.text_encoder.lora is set but model.text_encoder.train=False"):
+        AmusedModule(text_encoder={"lora": TextEncoderLoraSettings()})
 
 
 @pytest.mark.parametrize("decay", [0.0, 1.0, 1.5])
 def test_ema_decay_must_lie_strictly_between_zero_and_one(decay):
-    with pytest.raises(ValueError, match=f"model.ema.decay={decay} must lie in"):
-        AmusedModule(ema=EmaSettings(decay=decay))
+    with pytest.raises(ValueError, match=f"ema.decay={decay} must lie in"):
+        EMA(enabled=True, decay=decay)
 
 
 def test_ema_follows_diffusers_ema_model():
@@ -84,14 +86,14 @@ def test_schedules_warm_up_in_optimizer_steps(name):
 
 
 def test_scale_lr_multiplies_by_batch_devices_and_accumulation(tmp_path, toy_dataset):
-    cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "1", "--model.scale_lr", "true",
+    cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "1", "--model.lr_schedule.scale_lr", "true",
               "--trainer.accumulate_grad_batches", "3", "--model.optimizer.init_args.lr", "0.001")
     assert cli.model.hparams.batch_size == 4
     assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.001 * 4 * 1 * 3)
 
 
 def test_eight_bit_adam_keeps_uint8_state_for_large_weights(tmp_path, toy_dataset):
-    cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "1", "--model.train_text_encoder", "true",
+    cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "1", "--model.text_encoder.train", "true",
               "--model.optimizer", "bitsandbytes.optim.AdamW8bit", "--model.optimizer.init_args.lr", "1e-4")
     optimizer = cli.trainer.optimizers[0]
     embedding = cli.model.text_encoder.text_model.embeddings.token_embedding.weight
@@ -103,24 +105,25 @@ def test_eight_bit_adam_keeps_uint8_state_for_large_weights(tmp_path, toy_datase
 
 MODES = {
     "full-8bit-adam": ("--model.optimizer", "bitsandbytes.optim.AdamW8bit", "--model.optimizer.init_args.lr", "1e-3"),
-    "lora-ema": ("--model.lora.r", "4", "--model.lora.alpha", "8", "--model.ema.decay", "0.9"),
-    "text-encoder-lora-ema": ("--model.train_text_encoder", "true", "--model.text_encoder_lora.r", "2",
-                              "--model.ema.decay", "0.9", "--model.ema.update_after_step", "1"),
+    "lora-ema": ("--model.lora.r", "4", "--model.lora.alpha", "8", "--ema.enabled", "true", "--ema.decay", "0.9"),
+    "text-encoder-lora-ema": ("--model.text_encoder.train", "true", "--model.text_encoder.lora.r", "2",
+                              "--ema.enabled", "true", "--ema.decay", "0.9", "--ema.update_after_step", "1"),
 }
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_resume_is_exact_in_every_mode(mode, tmp_path, toy_dataset):
     common = ("--data.batch_size", "2", "--trainer.accumulate_grad_batches", "2",
-              "--checkpoint.every_n_train_steps", "2", "--model.cond_dropout_prob", "0.5", *MODES[mode])
+              "--checkpoint.every_n_train_steps", "2", "--model.objective.cond_dropout_prob", "0.5", *MODES[mode])
     straight = fit(tmp_path / "straight", toy_dataset, "--trainer.max_steps", "4", *common)
     fit(tmp_path / "resumed", toy_dataset, "--trainer.max_steps", "2", *common)
     resumed = fit(tmp_path / "resumed", toy_dataset, "--trainer.max_steps", "4", "--ckpt_path", "last", *common)
     for key, value in straight.model.state_dict().items():
         assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6, rtol=0), key
-    if straight.model.ema is not None:
-        for key, value in straight.model.ema.shadow.items():
-            assert torch.allclose(value, resumed.model.ema.shadow[key], atol=1e-6, rtol=0), key
+    if find_ema(straight.trainer) is not None:
+        expected, actual = find_ema(straight.trainer).average.shadow, find_ema(resumed.trainer).average.shadow
+        for key, value in expected.items():
+            assert torch.allclose(value, actual[key], atol=1e-6, rtol=0), key
     checkpoint = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert set(checkpoint["state_dict"]) == straight.model.trained_state_keys()
 
@@ -137,11 +140,13 @@ def test_lora_checkpoint_holds_no_frozen_weights(tmp_path, toy_dataset):
 
 
 def test_mixed_precision_lora_run_with_cache_offload_and_dropout(tmp_path, toy_dataset):
-    # bf16-mixed on CPU exercises the same paths as fp16 on a GPU: frozen weights cast, frozen parts parked,
-    # the empty prompt encoded before the text encoder leaves, validation bringing everything back.
+    # bf16-mixed on CPU exercises the same paths as fp16 on a GPU: frozen weights cast, frozen parts offloaded,
+    # the empty prompt encoded before the text encoder leaves, validation restoring everything.
     cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "3", "--trainer.precision", "bf16-mixed",
-              "--model.lora.r", "4", "--model.cond_dropout_prob", "0.5", "--validation_steps", "2",
-              "--model.validation_prompts", '["a pixel art character"]', "--model.generation.num_inference_steps", "2")
-    assert cli.model.frozen_weights_cast and cli.trainer.global_step == 3
+              "--model.lora.r", "4", "--model.objective.cond_dropout_prob", "0.5", "--validation_steps", "2",
+              "--model.validation.prompts", '["a pixel art character"]',
+              "--model.validation.generation.num_inference_steps", "2")
+    placement = next(c for c in cli.trainer.callbacks if isinstance(c, FrozenPlacement))
+    assert placement.cast_tensors > 0 and cli.trainer.global_step == 3
     assert type(cli.datamodule.train_samples).__name__ == "CachedSamples"
     assert (tmp_path / "validation" / "step=000002.png").is_file()

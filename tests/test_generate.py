@@ -12,8 +12,8 @@ from helpers import fit
 def run(tmp_path_factory, toy_dataset):
     """A short LoRA (transformer and text encoder) + EMA run and its export."""
     root = tmp_path_factory.mktemp("gen-run")
-    fit(root, toy_dataset, "--trainer.max_steps", "2", "--model.lora.r", "4", "--model.ema.decay", "0.5",
-        "--model.train_text_encoder", "true", "--model.text_encoder_lora.r", "2",
+    fit(root, toy_dataset, "--trainer.max_steps", "2", "--model.lora.r", "4", "--ema.enabled", "true",
+        "--ema.decay", "0.5", "--model.text_encoder.train", "true", "--model.text_encoder.lora.r", "2",
         "--model.optimizer.init_args.lr", "0.05", "--validation_steps", "100")
     return root
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from amused_lightning.offload import OffloadedAdamW, OffloadedAdamW8bit
+from amused_lightning.placement import FrozenPlacement
 
 from helpers import fit, train_two_layer_net, two_layer_net
 
@@ -14,12 +15,13 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def test_fp16_lora_run_parks_frozen_parts_and_brings_them_back(tmp_path, toy_dataset):
+def test_fp16_lora_run_offloads_frozen_parts_and_restores_them(tmp_path, toy_dataset):
     cli = fit(tmp_path, toy_dataset, "--trainer.accelerator", "gpu", "--trainer.precision", "16-mixed",
-              "--trainer.max_steps", "3", "--model.lora.r", "4", "--model.cond_dropout_prob", "0.5",
-              "--validation_steps", "2", "--model.validation_prompts", '["a pixel art character"]')
+              "--trainer.max_steps", "3", "--model.lora.r", "4", "--model.objective.cond_dropout_prob", "0.5",
+              "--validation_steps", "2", "--model.validation.prompts", '["a pixel art character"]')
     module = cli.model
-    assert module.frozen_weights_cast and cli.trainer.global_step == 3
+    placement = next(c for c in cli.trainer.callbacks if isinstance(c, FrozenPlacement))
+    assert placement.cast_tensors > 0 and cli.trainer.global_step == 3
     assert module.transformer.transformer_layers[0].attn1.to_q.base_layer.weight.dtype == torch.float16
     assert module.vqvae.encoder.conv_in.weight.device.type == "cuda", "back on the device after training"
     assert module.vqvae.encoder.conv_in.weight.dtype == torch.float32

@@ -4,7 +4,8 @@ import lightning as L
 import pytest
 import torch
 
-from amused_lightning.checkpointing import enable_gradient_checkpointing
+from amused_lightning.activation_checkpointing import enable_gradient_checkpointing
+from amused_lightning.args import MemoryArgs, ObjectiveArgs
 from amused_lightning.encoding import encode_prompts, tokenize_prompts
 from amused_lightning.loss import masked_token_loss
 from amused_lightning.module import AmusedModule
@@ -43,7 +44,7 @@ def test_gradient_checkpointing_gives_identical_loss_and_gradients():
 
 
 def test_gradient_checkpointing_actually_recomputes():
-    module = AmusedModule(gradient_checkpointing=True)
+    module = AmusedModule(memory=MemoryArgs(gradient_checkpointing=True))
     calls = []
     module.transformer.transformer_layers[0].attn1.register_forward_hook(lambda *args: calls.append(1))
     loss_and_grads(module, batch_for(module))
@@ -51,7 +52,7 @@ def test_gradient_checkpointing_actually_recomputes():
 
 
 def test_training_is_reproducible_and_batches_may_carry_encodings():
-    module = AmusedModule(cond_dropout_prob=0.0)
+    module = AmusedModule(objective=ObjectiveArgs(cond_dropout_prob=0.0))
     batch = batch_for(module)
     tokens = module.image_tokens(batch)
     hidden, pooled = encode_prompts(module.text_encoder, batch["input_ids"])
@@ -61,7 +62,7 @@ def test_training_is_reproducible_and_batches_may_carry_encodings():
 
 
 def test_full_conditioning_dropout_trains_on_the_empty_prompt():
-    dropped, plain = AmusedModule(cond_dropout_prob=1.0), AmusedModule()
+    dropped, plain = AmusedModule(objective=ObjectiveArgs(cond_dropout_prob=1.0)), AmusedModule()
     batch = batch_for(dropped)
     empty = dict(batch, input_ids=tokenize_prompts(plain.tokenizer, [""] * 3))
     for module in (dropped, plain):
@@ -94,17 +95,18 @@ def test_no_weight_decay_on_biases_norms_and_embeddings():
     assert len(exempt_names) + len(decayed_names) == len(names)
 
 
-@pytest.mark.parametrize("setting, value", [("min_masking_rate", 1.5), ("cond_dropout_prob", -0.1),
-                                            ("vq_chunk_size", 0), ("lr_scheduler", "warm"),
-                                            ("lr_warmup_steps", -1)])
-def test_bad_settings_are_rejected_with_their_name(setting, value):
-    with pytest.raises(ValueError, match=f"model.{setting}={value!r}".replace("'", ".?").replace("(", r"\(")):
-        AmusedModule(**{setting: value})
+@pytest.mark.parametrize("group, setting, value", [
+    ("objective", "min_masking_rate", 1.5), ("objective", "cond_dropout_prob", -0.1), ("memory", "vq_chunk_size", 0),
+    ("lr_schedule", "name", "warm"), ("lr_schedule", "warmup_steps", -1), ("validation", "mask_ratios", [0.0])])
+def test_bad_settings_are_rejected_with_their_name(group, setting, value):
+    name = f"model.{group}.{setting}={value!r}".replace("'", ".?").replace("(", r"\(").replace("[", r"\[")
+    with pytest.raises(ValueError, match=name):
+        AmusedModule(**{group: {setting: value}})
 
 
 def test_head_at_masked_positions_only_gives_the_same_loss_and_gradients():
-    full = AmusedModule(logits_at_masked_only=False)
-    masked_only = AmusedModule(logits_at_masked_only=True)
+    full = AmusedModule(memory=MemoryArgs(logits_at_masked_only=False))
+    masked_only = AmusedModule(memory=MemoryArgs(logits_at_masked_only=True))
     batch = batch_for(full)
     loss, grads = loss_and_grads(full, batch)
     loss_masked, grads_masked = loss_and_grads(masked_only, batch)
@@ -135,7 +137,7 @@ def test_frozen_parts_unused_by_a_step_are_named():
 
 @pytest.mark.slow
 def test_compiled_transformer_gives_the_same_loss():
-    plain, compiled = AmusedModule(), AmusedModule(compile=True)
+    plain, compiled = AmusedModule(), AmusedModule(memory=MemoryArgs(compile=True))
     batch = batch_for(plain)
     loss, grads = loss_and_grads(plain, batch)
     loss_compiled, grads_compiled = loss_and_grads(compiled, batch)
@@ -164,12 +166,14 @@ def test_final_export_uses_stored_precision_weights(tmp_path, toy_dataset):
     from diffusers import UVit2DModel
 
     from amused_lightning.components import load_components
+    from amused_lightning.placement import FrozenPlacement
 
     from helpers import fit
 
     cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "1", "--model.lora.r", "4",
               "--trainer.precision", "bf16-mixed", "--validation_steps", "100")
-    assert cli.model.frozen_weights_cast
+    placement = next(c for c in cli.trainer.callbacks if isinstance(c, FrozenPlacement))
+    assert placement.cast_tensors > 0
     exported = UVit2DModel.from_pretrained(str(tmp_path / "export" / "transformer"))
     base = load_components("tiny").transformer
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in exported.state_dict().items())

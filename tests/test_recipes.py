@@ -40,10 +40,10 @@ def test_recipe_carries_the_seed_values(recipe):
     assert config["model"]["optimizer"]["class_path"] == optimizer
     assert config["model"]["optimizer"]["init_args"]["lr"] == lr
     assert config["model"].get("lora", {}).get("alpha") == alpha
-    assert config["model"]["lr_scheduler"] == "constant" and config["trainer"]["precision"] == "16-mixed"
+    assert config["model"]["lr_schedule"]["name"] == "constant" and config["trainer"]["precision"] == "16-mixed"
     assert config["trainer"]["max_steps"] == max_steps and config["validation_steps"] == validation_steps
     assert config["checkpoint"]["every_n_train_steps"] == 500
-    assert len(config["model"]["validation_prompts"]) == {256: 8, 512: 5}[resolution] or "styledrop" in recipe
+    assert len(config["model"]["validation"]["prompts"]) == {256: 8, 512: 5}[resolution] or "styledrop" in recipe
     if "minecraft" in recipe:
         assert config["data"]["prompt_prefix"] == "minecraft "
     if "styledrop" in recipe:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from amused_lightning.cli import cli_main
+from amused_lightning.ema import find_ema
 from amused_lightning.validation import held_out_mask
 
 from helpers import fit, image_steps, scalars
@@ -23,7 +24,7 @@ def test_held_out_masks_are_fixed_and_exact():
 
 def test_fit_writes_validation_images_and_scores(tmp_path, toy_dataset):
     fit(tmp_path, toy_dataset, "--trainer.max_steps", "3", "--validation_steps", "2",
-        "--model.validation_prompts", PROMPTS, "--model.generation.num_inference_steps", "2")
+        "--model.validation.prompts", PROMPTS, "--model.validation.generation.num_inference_steps", "2")
     assert sorted(p.name for p in (tmp_path / "validation").glob("*.png")) == ["step=000002.png", "step=000003.png"]
     assert "1: a pixel art character\n" in (tmp_path / "validation" / "prompts.txt").read_text()
     assert image_steps(tmp_path) == {"val_images/00 a pixel art character with square red glasses": [2, 3],
@@ -37,7 +38,7 @@ def test_fit_writes_validation_images_and_scores(tmp_path, toy_dataset):
 
 def test_held_out_loss_is_deterministic_and_uses_ema(tmp_path, toy_dataset):
     cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "2", "--validation_steps", "100",
-              "--model.ema.decay", "0.5")
+              "--ema.enabled", "true", "--ema.decay", "0.5")
     def validate():
         cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
         return {key: value.item() for key, value in cli.trainer.callback_metrics.items() if key.startswith("val/")}
@@ -45,7 +46,7 @@ def test_held_out_loss_is_deterministic_and_uses_ema(tmp_path, toy_dataset):
     first, second = validate(), validate()
     assert len(first) == 10 and first == second
     weights = {k: v.clone() for k, v in cli.model.state_dict().items()}
-    cli.model.ema = None  # the same weights without the average
+    cli.trainer.callbacks.remove(find_ema(cli.trainer))  # the same weights without the average
     raw = validate()
     assert raw["val/loss"] != first["val/loss"], "validation must have used the EMA weights"
     assert all(torch.equal(v, cli.model.state_dict()[k]) for k, v in weights.items()), "weights restored"

@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers import AmusedPipeline
 
-from amused_lightning.generation import GenerationSettings
+from amused_lightning.decoding import GenerationSettings
 from amused_lightning.module import AmusedModule
 
 PROMPTS = ["a pixel art character with square red glasses", "a pixel art character"]

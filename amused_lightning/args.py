@@ -1,0 +1,99 @@
+"""The LightningModule's settings in documented groups (`model.<group>.<field>` in a config), and their checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from amused_lightning.adapters import TextEncoderLoraSettings
+from amused_lightning.decoding import GenerationSettings, check_generation_settings
+from amused_lightning.optim import LR_SCHEDULES
+
+
+def as_settings(cls: type, value: Any) -> Any:
+    """`value` as a `cls` dataclass (None stays None; a dict from saved hyperparameters is converted)."""
+    return cls(**value) if isinstance(value, dict) else value
+
+
+@dataclass
+class LRScheduleArgs:
+    """How the learning rate moves (its value is `model.optimizer.init_args.lr`)."""
+
+    name: str = "constant"
+    """One of constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial."""
+    warmup_steps: int = 500
+    """Warmup length in optimizer steps."""
+    scale_lr: bool = False
+    """Multiply the learning rate by batch size x devices x accumulation steps."""
+
+    def __post_init__(self) -> None:
+        if self.name not in LR_SCHEDULES:
+            raise ValueError(f"model.lr_schedule.name={self.name!r} is not one of {list(LR_SCHEDULES)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"model.lr_schedule.warmup_steps={self.warmup_steps} must not be negative")
+
+
+@dataclass
+class TextEncoderArgs:
+    """Whether and how the CLIP text encoder trains (frozen by default)."""
+
+    train: bool = False
+    """Train the text encoder too: fully, or its LoRA adapter if `lora` is set."""
+    lora: TextEncoderLoraSettings | None = None
+    """LoRA on CLIP's attention projections instead of all its weights (needs `train`)."""
+
+    def __post_init__(self) -> None:
+        self.lora = as_settings(TextEncoderLoraSettings, self.lora)
+        if self.lora is not None and not self.train:
+            raise ValueError("model.text_encoder.lora is set but model.text_encoder.train=False: set both to train it")
+
+
+@dataclass
+class ObjectiveArgs:
+    """The masked-token objective."""
+
+    min_masking_rate: float = 0.0
+    """Lower bound of the per-image mask ratio (drawn from the cosine schedule)."""
+    cond_dropout_prob: float = 0.0
+    """Probability that a sample trains on the empty prompt instead of its own (what guidance needs)."""
+
+    def __post_init__(self) -> None:
+        for name in ("min_masking_rate", "cond_dropout_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"model.objective.{name}={getattr(self, name)} must lie in [0, 1]")
+
+
+@dataclass
+class MemoryArgs:
+    """Levers that trade compute for memory or speed; none changes the loss."""
+
+    vq_chunk_size: int | None = None
+    """Images per VQ encoder call (bounds its activation memory); all at once when unset."""
+    gradient_checkpointing: bool = False
+    """Recompute transformer activations in backward to save memory."""
+    logits_at_masked_only: bool = True
+    """Evaluate the output head only where the loss needs it (same loss, less memory)."""
+    compile: bool = False
+    """Compile the transformer with torch.compile."""
+
+    def __post_init__(self) -> None:
+        if self.vq_chunk_size is not None and self.vq_chunk_size < 1:
+            raise ValueError(f"model.memory.vq_chunk_size={self.vq_chunk_size} must be a positive number of images")
+
+
+@dataclass
+class ValidationArgs:
+    """What each validation scores and draws."""
+
+    prompts: list[str] = field(default_factory=list)
+    """Prompts whose images are generated at each validation (fixed seed)."""
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    """Sampling settings of those images (AmusedPipeline's defaults)."""
+    mask_ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    """Mask ratios of the held-out loss, each with fixed masks."""
+
+    def __post_init__(self) -> None:
+        self.generation = as_settings(GenerationSettings, self.generation)
+        check_generation_settings(self.generation, "model.validation.generation")
+        if not self.mask_ratios or not all(0.0 < r <= 1.0 for r in self.mask_ratios):
+            raise ValueError(f"model.validation.mask_ratios={self.mask_ratios} must be ratios in (0, 1]")
