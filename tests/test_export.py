@@ -94,3 +94,15 @@ def test_missing_bitsandbytes_is_reported_at_parse_time(monkeypatch, capsys):
         cli_main(["fit", "--model.optimizer", "bitsandbytes.optim.AdamW8bit", "--data.image", "x.png"])
     error = capsys.readouterr().err
     assert 'Parser key "model.optimizer"' in error and "bitsandbytes" in error
+
+
+def test_export_and_generate_never_build_the_training_module(lora_run, tmp_path, monkeypatch):
+    from amused_lightning.generate import main as generate_main
+    from amused_lightning.module import AmusedModule
+
+    root, _ = lora_run
+    monkeypatch.setattr(AmusedModule, "__init__", lambda *args, **kwargs: pytest.fail("built the LightningModule"))
+    export_main([str(root / "checkpoints" / "last.ckpt"), str(tmp_path / "export")])
+    paths = generate_main(["a pixel art character", "-o", str(tmp_path / "png"), "--steps", "2", "--checkpoint",
+                           str(root / "checkpoints" / "last.ckpt")])
+    assert (tmp_path / "export" / "model_index.json").is_file() and paths[0].is_file()
