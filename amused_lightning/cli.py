@@ -49,15 +49,12 @@ class AmusedCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.link_arguments(("validation_steps", "trainer.accumulate_grad_batches"), "trainer.val_check_interval",
                               compute_fn=batches_between_validations)
-        parser.link_arguments("model.pretrained", "data.pretrained")
-        parser.link_arguments("model.revision", "data.revision")
-        parser.link_arguments("model.variant", "data.variant")
-        parser.link_arguments("model.train_text_encoder", "data.cache_text", compute_fn=lambda trains: not trains)
         parser.link_arguments("data.batch_size", "model.batch_size")
         parser.link_arguments("seed_everything", "model.seed")
         parser.link_arguments("seed_everything", "data.seed")
 
     def before_fit(self) -> None:
+        self.datamodule.connect(self.model.frozen_encoders())
         folder = Path(self.config_init[self.subcommand]["checkpoint"].dirpath)
         existing = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
         if existing and self.config[self.subcommand].get("ckpt_path") is None:
@@ -67,6 +64,8 @@ class AmusedCLI(LightningCLI):
                 "trainer.default_root_dir. Nothing was overwritten."
             )
 
+    def before_validate(self) -> None:
+        self.datamodule.connect(self.model.frozen_encoders())
 
     def after_fit(self) -> None:
         # Validate the final weights unless the last step was just validated.

@@ -17,9 +17,9 @@ from torchmetrics import MeanMetric
 
 from amused_lightning.adapters import LoraSettings, TextEncoderLoraSettings, add_lora, check_lora_settings
 from amused_lightning.checkpointing import enable_gradient_checkpointing
-from amused_lightning.components import Components, load_components
+from amused_lightning.components import Components, components_identity, load_components
 from amused_lightning.ema import EmaSettings, TrainedWeightsEMA
-from amused_lightning.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
+from amused_lightning.encoding import FrozenEncoders, drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
 from amused_lightning.generation import GenerationSettings, generate_images
 from amused_lightning.heads import enable_masked_head, logits_only_at
 from amused_lightning.loss import masked_token_loss, masked_token_scores
@@ -174,6 +174,13 @@ class AmusedModule(L.LightningModule):
     @property
     def text_encoder_trains(self) -> bool:
         return any(p.requires_grad for p in self.text_encoder.parameters())
+
+    def frozen_encoders(self) -> FrozenEncoders:
+        """The tokenizer and frozen encoders the data side pre-encodes with, and what their weights depend on."""
+        hp = self.hparams
+        return FrozenEncoders(self.tokenizer, self.vqvae, self.text_encoder,
+                              components_identity(hp.pretrained, hp.revision, hp.variant, hp.seed),
+                              self.text_encoder_trains)
 
     def empty_prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of "" for conditioning dropout; cached while the text encoder is frozen."""

@@ -143,5 +143,5 @@ def test_mixed_precision_lora_run_with_cache_offload_and_dropout(tmp_path, toy_d
               "--model.lora.r", "4", "--model.cond_dropout_prob", "0.5", "--validation_steps", "2",
               "--model.validation_prompts", '["a pixel art character"]', "--model.generation.num_inference_steps", "2")
     assert cli.model.frozen_weights_cast and cli.trainer.global_step == 3
-    assert type(cli.datamodule.train_samples).__name__ == "CachedSamples"
+    assert type(cli.datamodule.train_dataset).__name__ == "CachedDataset"
     assert (tmp_path / "validation" / "step=000002.png").is_file()
