@@ -16,10 +16,17 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from amused_lightning.adapters import LoraSettings, TextEncoderLoraSettings, add_lora, check_lora_settings
+from amused_lightning.batch import has_prompt_embeddings, is_pre_encoded
 from amused_lightning.checkpointing import enable_gradient_checkpointing
 from amused_lightning.components import Components, components_identity, load_components
 from amused_lightning.ema import EmaSettings, TrainedWeightsEMA
-from amused_lightning.encoding import FrozenEncoders, drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
+from amused_lightning.encoding import (
+    FrozenEncoders,
+    drop_conditioning,
+    encode_image_tokens,
+    encode_prompts,
+    tokenize_prompts,
+)
 from amused_lightning.generation import GenerationSettings, generate_images
 from amused_lightning.heads import enable_masked_head, logits_only_at
 from amused_lightning.loss import masked_token_loss, masked_token_scores
@@ -160,13 +167,13 @@ class AmusedModule(L.LightningModule):
 
     def image_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pre-encoded `image_tokens` of the batch, else the VQ encoding of its `pixel_values`."""
-        if "image_tokens" in batch:
+        if is_pre_encoded(batch):
             return batch["image_tokens"].long()
         return encode_image_tokens(self.vqvae, batch["pixel_values"], self.hparams.vq_chunk_size)
 
     def prompt_embeddings(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-encoded (`encoder_hidden_states`, `pooled_text_emb`) of the batch, else CLIP on its `input_ids`."""
-        if "encoder_hidden_states" in batch:
+        if has_prompt_embeddings(batch):
             return batch["encoder_hidden_states"], batch["pooled_text_emb"]
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_encoder_trains):
             return encode_prompts(self.text_encoder, batch["input_ids"])
@@ -286,7 +293,7 @@ class AmusedModule(L.LightningModule):
         # to every rank's device, and would meet them on the CPU.
         if (self.hparams.offload_frozen and not self._frozen_parked
                 and isinstance(self.trainer.strategy, SingleDeviceStrategy)):
-            if "encoder_hidden_states" in batch and self.hparams.cond_dropout_prob > 0:
+            if has_prompt_embeddings(batch) and self.hparams.cond_dropout_prob > 0:
                 # Encoded while the text encoder is still on the device, in the compute dtype as in a step.
                 with self.trainer.precision_plugin.forward_context():
                     self.empty_prompt_embeddings()

@@ -31,12 +31,20 @@ def test_every_seed_recipe_has_a_config():
     assert {p.stem for p in CONFIGS.glob("*.yaml")} - {"quickstart"} == set(SEED)
 
 
+def resolved_config(recipe: str, capsys) -> dict:
+    """The full config `--print_config` resolves from a recipe (parsing only: no model or data is opened)."""
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(CONFIGS / f"{recipe}.yaml"), "--print_config"])
+    return yaml.safe_load(capsys.readouterr().out)
+
+
 @pytest.mark.parametrize("recipe", sorted(SEED))
-def test_recipe_carries_the_seed_values(recipe):
+def test_recipe_carries_the_seed_values(recipe, capsys):
     config = yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text())
+    data = resolved_config(recipe, capsys)["data"]
     model, batch, lr, resolution, optimizer, alpha, max_steps, validation_steps = SEED[recipe]
     assert config["model"]["pretrained"] == model
-    assert config["data"]["batch_size"] == batch and config["data"]["resolution"] == resolution
+    assert data["batch_size"] == batch and data["resolution"] == resolution
     assert config["model"]["optimizer"]["class_path"] == optimizer
     assert config["model"]["optimizer"]["init_args"]["lr"] == lr
     assert config["model"].get("lora", {}).get("alpha") == alpha
@@ -44,12 +52,17 @@ def test_recipe_carries_the_seed_values(recipe):
     assert config["trainer"]["max_steps"] == max_steps and config["validation_steps"] == validation_steps
     assert config["checkpoint"]["every_n_train_steps"] == 500
     assert len(config["model"]["validation_prompts"]) == {256: 8, 512: 5}[resolution] or "styledrop" in recipe
+    source = data["source"]["init_args"]
     if "minecraft" in recipe:
-        assert config["data"]["prompt_prefix"] == "minecraft "
+        assert source["prompt_prefix"] == "minecraft "
     if "styledrop" in recipe:
-        assert config["data"]["image"] == "A mushroom in [V] style.png"
+        assert data["source"] == {"class_path": "amused_lightning.data.SingleImage",
+                                  "init_args": {"path": "A mushroom in [V] style.png"}}
     else:
-        assert config["data"]["image_key"] == "image" and config["data"]["prompt_key"] == "text"
+        assert data["source"]["class_path"] == "amused_lightning.data.HFDataset"
+        assert source["path"] == {"nouns": "m1guelpf/nouns", "minecraft": "monadical-labs/minecraft-preview"}[
+            recipe.split("-")[2]]
+        assert source["split"] == "train" and source["image_key"] == "image" and source["prompt_key"] == "text"
 
 
 @pytest.mark.parametrize("recipe", sorted(SEED))
@@ -59,8 +72,8 @@ def test_recipe_runs_two_steps_on_tiny(recipe, tmp_path, monkeypatch, toy_datase
     config = yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text())
     swaps = ["--model.pretrained", "tiny", "--data.resolution", "32", "--trainer.max_steps", "2",
              "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
-    if "dataset" in config["data"]:
-        swaps += ["--data.dataset", str(toy_dataset)]
+    if config["data"]["source"]["class_path"] == "HFDataset":
+        swaps += ["--data.source.path", str(toy_dataset)]
     cli = cli_main(["fit", "--config", str(CONFIGS / f"{recipe}.yaml"), *swaps])
     assert cli.trainer.global_step == 2
     trained = cli.model.trained_state_keys()

@@ -21,10 +21,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from amused_lightning.batch import IMAGE_TOKENS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
 from amused_lightning.data.transforms import has_unique_crop, preprocess_image
-from amused_lightning.batch import IMAGE_TOKENS, MICRO_CONDS, PROMPT_HIDDEN, PROMPT_POOLED
-from amused_lightning.encoding import FrozenEncoders, encode_image_tokens, encode_prompts, pixels_per_token, \
-    tokenize_prompts
+from amused_lightning.encoding import (
+    FrozenEncoders,
+    encode_image_tokens,
+    encode_prompts,
+    pixels_per_token,
+    tokenize_prompts,
+)
 from amused_lightning.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -179,13 +184,13 @@ def _crops(spec: CacheSpec, images, rows: list[int], require_unique_crops: bool)
 def _encode_crops(vqvae, crops: list[list[dict]], tokens, conds, start: int, device) -> None:
     """VQ-encode all crops of a batch of images in one call and store them per image."""
     flat = [sample for image_crops in crops for sample in image_crops]
-    pixels = torch.stack([sample["pixel_values"] for sample in flat]).to(device)
+    pixels = torch.stack([sample[PIXEL_VALUES] for sample in flat]).to(device)
     encoded = encode_image_tokens(vqvae, pixels).cpu().numpy()
     index = 0
     for offset, image_crops in enumerate(crops):
         for crop, sample in enumerate(image_crops):
             tokens[start + offset, crop] = encoded[index]
-            conds[start + offset, crop] = sample["micro_conds"].numpy()
+            conds[start + offset, crop] = sample[MICRO_CONDS].numpy()
             index += 1
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from amused_lightning.batch import INPUT_IDS, MICRO_CONDS, PIXEL_VALUES, POSITION
+from amused_lightning.batch import INPUT_IDS, POSITION
 from amused_lightning.data.cache import TokenCache
 from amused_lightning.data.sources import DataSource
 from amused_lightning.data.transforms import preprocess_image
@@ -30,9 +30,10 @@ class PixelDataset(Dataset):
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
         index, seed, position = key
         image, prompt = self.source[self.rows[index]]
-        pixels = preprocess_image(image, rng=random.Random(seed), **self.transform)
-        return {PIXEL_VALUES: pixels["pixel_values"], MICRO_CONDS: pixels["micro_conds"],
-                INPUT_IDS: tokenize_prompts(self.tokenizer, [prompt])[0], POSITION: position}
+        sample = preprocess_image(image, rng=random.Random(seed), **self.transform)
+        sample[INPUT_IDS] = tokenize_prompts(self.tokenizer, [prompt])[0]
+        sample[POSITION] = position
+        return sample
 
 
 class CachedDataset(Dataset):

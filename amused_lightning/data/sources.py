@@ -7,8 +7,8 @@ contents depend on (`identity`, part of the cache key), and splits itself into t
 from __future__ import annotations
 
 import inspect
-from abc import ABC, abstractmethod
 import logging
+from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
