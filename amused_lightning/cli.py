@@ -61,10 +61,6 @@ class AmusedCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.link_arguments(("validation_steps", "trainer.accumulate_grad_batches"), "trainer.val_check_interval",
                               compute_fn=batches_between_validations)
-        parser.link_arguments("model.pretrained", "data.pretrained")  # INTERIM until connect()
-        parser.link_arguments("model.revision", "data.revision")  # INTERIM
-        parser.link_arguments("model.variant", "data.variant")  # INTERIM
-        parser.link_arguments("model.text_encoder.train", "data.cache_text", compute_fn=lambda trains: not trains)  # INTERIM
         parser.link_arguments("data.batch_size", "model.batch_size")
         parser.link_arguments("seed_everything", "model.seed")
         parser.link_arguments("seed_everything", "data.seed")
@@ -75,6 +71,7 @@ class AmusedCLI(LightningCLI):
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     def before_fit(self) -> None:
+        self.datamodule.connect(self.model.frozen_encoders())
         folder = Path(self.config_init[self.subcommand]["checkpoint"].dirpath)
         existing = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
         if existing and self.config[self.subcommand].get("ckpt_path") is None:
@@ -83,6 +80,9 @@ class AmusedCLI(LightningCLI):
                 f"({existing[-1].name}, ...): resume with --ckpt_path last, or set another "
                 "trainer.default_root_dir. Nothing was overwritten."
             )
+
+    def before_validate(self) -> None:
+        self.datamodule.connect(self.model.frozen_encoders())
 
     def after_fit(self) -> None:
         # Validate the final weights unless the last step was just validated.

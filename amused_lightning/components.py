@@ -10,7 +10,6 @@ import torch
 from diffusers import AmusedScheduler, UVit2DModel, VQModel
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-from amused_lightning.encoding import pixels_per_token
 from amused_lightning.presets import PRESETS, byte_level_clip_tokenizer, clip_text_config
 from amused_lightning.seeding import derive_seed
 
@@ -45,25 +44,9 @@ def load_components(pretrained: str, revision: str | None = None, variant: str |
         transformer=_load(UVit2DModel, pretrained, "transformer", **kwargs),
         vqvae=_load(VQModel, pretrained, "vqvae", **kwargs),
         text_encoder=_load(CLIPTextModelWithProjection, pretrained, "text_encoder", **kwargs),
-        tokenizer=load_tokenizer(pretrained, revision),
+        tokenizer=_load(CLIPTokenizer, pretrained, "tokenizer", revision=revision),
         scheduler=_load(AmusedScheduler, pretrained, "scheduler", revision=revision),
     )
-
-
-def load_tokenizer(pretrained: str, revision: str | None = None) -> CLIPTokenizer:
-    """The prompt tokenizer of `pretrained` (cheap: used by the data workers)."""
-    if pretrained in PRESETS:
-        return byte_level_clip_tokenizer()
-    _check_local_layout(pretrained)
-    return _load(CLIPTokenizer, pretrained, "tokenizer", revision=revision)
-
-
-def vq_downscale_factor(pretrained: str, revision: str | None = None) -> int:
-    """How many pixels one image token spans per side, read from the VQ config alone."""
-    if pretrained in PRESETS:
-        return pixels_per_token(PRESETS[pretrained]["vqvae"])
-    _check_local_layout(pretrained)
-    return pixels_per_token(_load(VQModel, pretrained, "vqvae", revision=revision, config_only=True))
 
 
 def components_identity(pretrained: str, revision: str | None, variant: str | None, seed: int) -> str:
@@ -80,18 +63,15 @@ def components_identity(pretrained: str, revision: str | None, variant: str | No
 
 
 def _build_preset(name: str, seed: int) -> Components:
-    """Random-weight components with a preset's architecture."""
-    vqvae, text_encoder, tokenizer, scheduler = _build_preset_frozen_parts(name, seed)
-    transformer = _seeded(lambda: UVit2DModel(**PRESETS[name]["transformer"]), seed, 0)
-    return Components(transformer, vqvae, text_encoder, tokenizer, scheduler)
-
-
-def _build_preset_frozen_parts(name: str, seed: int) -> tuple:
-    """The VQ model, text encoder, tokenizer and scheduler of a preset, each drawn from its own seed."""
+    """Random-weight components with a preset's architecture, each weighted part drawn from its own seed."""
     spec = PRESETS[name]
-    vqvae = _seeded(lambda: VQModel(**spec["vqvae"]), seed, 1)
-    text_encoder = _seeded(lambda: CLIPTextModelWithProjection(clip_text_config(name)), seed, 2)
-    return vqvae, text_encoder, byte_level_clip_tokenizer(), AmusedScheduler(**spec["scheduler"])
+    return Components(
+        transformer=_seeded(lambda: UVit2DModel(**spec["transformer"]), seed, 0),
+        vqvae=_seeded(lambda: VQModel(**spec["vqvae"]), seed, 1),
+        text_encoder=_seeded(lambda: CLIPTextModelWithProjection(clip_text_config(name)), seed, 2),
+        tokenizer=byte_level_clip_tokenizer(),
+        scheduler=AmusedScheduler(**spec["scheduler"]),
+    )
 
 
 def _seeded(build, seed: int, part: int):
@@ -99,17 +79,6 @@ def _seeded(build, seed: int, part: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, part))
         return build()
-
-
-def load_frozen_encoders(pretrained: str, revision: str | None = None, variant: str | None = None,
-                         seed: int = 0) -> tuple[VQModel, CLIPTextModelWithProjection]:
-    """Just the VQ model and text encoder of `pretrained` (what pre-encoding needs), same weights as the module's."""
-    if pretrained in PRESETS:
-        return _build_preset_frozen_parts(pretrained, seed)[:2]
-    _check_local_layout(pretrained)
-    kwargs = dict(revision=revision, variant=variant)
-    return (_load(VQModel, pretrained, "vqvae", **kwargs),
-            _load(CLIPTextModelWithProjection, pretrained, "text_encoder", **kwargs))
 
 
 def _is_local(pretrained: str) -> bool:
@@ -132,12 +101,10 @@ def _check_local_layout(pretrained: str) -> None:
         )
 
 
-def _load(cls, pretrained: str, subfolder: str, config_only: bool = False, **kwargs):
-    """`cls.from_pretrained` (or `load_config`) with an error that says what to do when the hub is out of reach."""
+def _load(cls, pretrained: str, subfolder: str, **kwargs):
+    """`cls.from_pretrained` with an error that says what to do when the hub is out of reach."""
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     try:
-        if config_only:
-            return cls.load_config(pretrained, subfolder=subfolder, **kwargs)
         return cls.from_pretrained(pretrained, subfolder=subfolder, **kwargs)
     except (OSError, ConnectionError, ValueError) as error:
         if _is_local(pretrained):

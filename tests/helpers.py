@@ -1,13 +1,18 @@
-"""Helpers shared by the tests: an in-process `fit` on the tiny preset and TensorBoard readers."""
+"""Helpers shared by the tests: an in-process `fit` on the tiny preset, a connected DataModule, TensorBoard readers."""
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from amused_lightning.cli import AmusedCLI, cli_main
+from amused_lightning.components import components_identity, load_components
+from amused_lightning.data import AmusedDataModule
+from amused_lightning.data.sources import DataSource
+from amused_lightning.encoding import FrozenEncoders
 from amused_lightning.optim import parameter_groups
 
 
@@ -16,9 +21,36 @@ def fit(root: Path, dataset: Path, *extra: str) -> AmusedCLI:
     return cli_main([
         "fit", "--trainer.default_root_dir", str(root), "--trainer.accelerator", "cpu", "--trainer.devices", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--model.pretrained", "tiny", "--data.dataset", str(dataset), "--data.resolution", "32",
-        "--data.batch_size", "4", *extra,
+        "--model.pretrained", "tiny", "--data.source", "HFDataset", "--data.source.path", str(dataset),
+        "--data.resolution", "32", "--data.batch_size", "4", *extra,
     ])
+
+
+@cache
+def tiny_encoders(seed: int = 0, text_encoder_trains: bool = False) -> FrozenEncoders:
+    """The `tiny` preset's tokenizer and frozen encoders drawn from `seed`, as `AmusedModule.frozen_encoders` gives."""
+    parts = load_components("tiny", seed=seed)
+    return FrozenEncoders(parts.tokenizer, parts.vqvae, parts.text_encoder,
+                          components_identity("tiny", None, None, seed), text_encoder_trains)
+
+
+def connected(source: DataSource, text_encoder_trains: bool = False, **settings) -> AmusedDataModule:
+    """A DataModule on `source` with `settings`, connected to the `tiny` encoders of its seed."""
+    datamodule = AmusedDataModule(source, **settings)
+    datamodule.connect(tiny_encoders(settings.get("seed", 0), text_encoder_trains))
+    return datamodule
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def recipe_configs(recipe: str) -> list[str]:
+    """The `--config` arguments of the command a recipe's header gives (its base, then itself), as absolute paths."""
+    header = (CONFIGS / f"{recipe}.yaml").read_text().split("\n")
+    command = next(line for line in header if "python -m amused_lightning fit --config" in line).split()
+    paths = [command[i + 1] for i, word in enumerate(command) if word == "--config"]
+    assert paths[-1] == f"configs/{recipe}.yaml", f"{recipe}'s header command does not end with the recipe itself"
+    return [arg for path in paths for arg in ("--config", str(CONFIGS.parent / path))]
 
 
 def two_layer_net(width: int = 8, device: str = "cpu") -> torch.nn.Sequential:

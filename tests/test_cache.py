@@ -2,10 +2,10 @@ import pytest
 import torch
 from PIL import Image
 
-import amused_lightning.data.datamodule as datamodule_module
-from amused_lightning.data import AmusedDataModule
+from amused_lightning.data import HFDataset, ImageFolder, SingleImage
+from amused_lightning.data.cache import CacheBuilder
 
-from helpers import fit, scalars, transformer_weights
+from helpers import connected, fit, scalars, transformer_weights
 
 
 def cache_folders(root):
@@ -14,27 +14,26 @@ def cache_folders(root):
 
 @pytest.fixture
 def counting_encoders(monkeypatch):
-    """Counts how often the frozen encoders are loaded (once per cache built)."""
+    """Counts how often the frozen encoders encode a cache (once per cache built)."""
     calls = []
-    original = datamodule_module.load_frozen_encoders
+    original = CacheBuilder.encode
 
-    def counted(*args, **kwargs):
+    def counted(self, *args, **kwargs):
         calls.append(args)
-        return original(*args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(datamodule_module, "load_frozen_encoders", counted)
+    monkeypatch.setattr(CacheBuilder, "encode", counted)
     return calls
 
 
 def test_cache_is_reused_and_rebuilt_when_settings_change(tmp_path, toy_dataset, counting_encoders):
     def setup(**kwargs):
-        datamodule = AmusedDataModule(**{"dataset": str(toy_dataset), "resolution": 32, "cache_dir": str(tmp_path),
-                                         **kwargs})
+        datamodule = connected(HFDataset(str(toy_dataset)), **{"resolution": 32, "cache_dir": str(tmp_path), **kwargs})
         datamodule.setup("fit")
         return datamodule
 
     first = setup()
-    assert type(first.train_samples).__name__ == "CachedSamples" and len(counting_encoders) == 2  # train + held-out
+    assert type(first.train_dataset).__name__ == "CachedDataset" and len(counting_encoders) == 2  # train + held-out
     assert len(cache_folders(tmp_path)) == 2
     setup()
     assert len(counting_encoders) == 2, "a second run reads the cache without encoding"
@@ -47,12 +46,12 @@ def test_cache_is_reused_and_rebuilt_when_settings_change(tmp_path, toy_dataset,
 def test_changed_image_file_invalidates_the_cache(tmp_path, counting_encoders):
     image = tmp_path / "A mushroom in [V] style.png"
     Image.new("RGB", (40, 40), (200, 30, 30)).save(image)
-    AmusedDataModule(image=str(image), resolution=32, cache_dir=str(tmp_path / "c")).setup("fit")
+    connected(SingleImage(str(image)), resolution=32, cache_dir=str(tmp_path / "c")).setup("fit")
     Image.new("RGB", (40, 40), (30, 200, 30)).save(image)
-    datamodule = AmusedDataModule(image=str(image), resolution=32, cache_dir=str(tmp_path / "c"))
+    datamodule = connected(SingleImage(str(image)), resolution=32, cache_dir=str(tmp_path / "c"))
     datamodule.setup("fit")
     assert len(counting_encoders) == 4
-    assert len(datamodule.train_samples.cache) == 1, "a single image is encoded once per crop, not per repeat"
+    assert len(datamodule.train_dataset.cache) == 1, "a single image is encoded once per crop, not per repeat"
 
 
 def test_auto_mode_refuses_varying_crops_and_on_mode_keeps_several(tmp_path, counting_encoders):
@@ -60,37 +59,37 @@ def test_auto_mode_refuses_varying_crops_and_on_mode_keeps_several(tmp_path, cou
     folder.mkdir()
     for i in range(3):
         Image.effect_mandelbrot((64, 40), (-2, -1, 1, 1), 20 + i).convert("RGB").save(folder / f"shape {i}.png")
-    auto = AmusedDataModule(image_dir=str(folder), resolution=32, cache_dir=str(tmp_path / "c"))
+    auto = connected(ImageFolder(str(folder)), resolution=32, cache_dir=str(tmp_path / "c"))
     auto.setup("fit")
-    assert type(auto.train_samples).__name__ == "PixelSamples"
-    again = AmusedDataModule(image_dir=str(folder), resolution=32, cache_dir=str(tmp_path / "c"))
+    assert type(auto.train_dataset).__name__ == "PixelDataset"
+    again = connected(ImageFolder(str(folder)), resolution=32, cache_dir=str(tmp_path / "c"))
     again.setup("fit")
     assert len(counting_encoders) == 1, "the finding that crops vary is remembered"
-    on = AmusedDataModule(image_dir=str(folder), resolution=32, cache="on", cache_crops=3,
-                          cache_dir=str(tmp_path / "c"))
+    on = connected(ImageFolder(str(folder)), resolution=32, cache="on", cache_crops=3, cache_dir=str(tmp_path / "c"))
     on.setup("fit")
-    cache = on.train_samples.cache
+    cache = on.train_dataset.cache
     assert cache.num_crops.tolist() == [3, 3, 3]
-    lefts = {on.train_samples[(0, seed, 0)]["micro_conds"][3].item() for seed in range(40)}
+    lefts = {on.train_dataset[(0, seed, 0)]["micro_conds"][3].item() for seed in range(40)}
     assert 1 < len(lefts) <= 3
 
 
 def test_text_is_not_cached_while_the_text_encoder_trains(tmp_path, toy_dataset):
-    datamodule = AmusedDataModule(dataset=str(toy_dataset), resolution=32, cache_dir=str(tmp_path), cache_text=False)
+    datamodule = connected(HFDataset(str(toy_dataset)), text_encoder_trains=True, resolution=32,
+                           cache_dir=str(tmp_path))
     datamodule.setup("fit")
-    sample = datamodule.train_samples[(0, 0, 0)]
+    sample = datamodule.train_dataset[(0, 0, 0)]
     assert "image_tokens" in sample and "input_ids" in sample and "encoder_hidden_states" not in sample
 
 
 def test_cached_samples_equal_live_encoding(tmp_path, toy_dataset, tiny):
     from amused_lightning.encoding import encode_image_tokens, encode_prompts
 
-    cached = AmusedDataModule(dataset=str(toy_dataset), resolution=32, cache_dir=str(tmp_path), center_crop=True)
-    live = AmusedDataModule(dataset=str(toy_dataset), resolution=32, cache="off", center_crop=True)
+    cached = connected(HFDataset(str(toy_dataset)), resolution=32, cache_dir=str(tmp_path), center_crop=True)
+    live = connected(HFDataset(str(toy_dataset)), resolution=32, cache="off", center_crop=True)
     for datamodule in (cached, live):
         datamodule.setup("fit")
     for index in range(3):
-        from_cache, from_pixels = cached.train_samples[(index, 5, index)], live.train_samples[(index, 5, index)]
+        from_cache, from_pixels = cached.train_dataset[(index, 5, index)], live.train_dataset[(index, 5, index)]
         tokens = encode_image_tokens(tiny.vqvae, from_pixels["pixel_values"][None])[0]
         assert torch.equal(from_cache["image_tokens"], tokens)
         assert torch.equal(from_cache["micro_conds"], from_pixels["micro_conds"])
@@ -103,8 +102,8 @@ def test_training_from_cache_matches_training_from_pixels(tmp_path, toy_dataset)
     common = ("--trainer.max_steps", "4", "--data.center_crop", "true", "--validation_steps", "2")
     from_cache = fit(tmp_path / "cache", toy_dataset, "--data.cache", "on", *common)
     from_pixels = fit(tmp_path / "pixels", toy_dataset, "--data.cache", "off", *common)
-    assert type(from_cache.datamodule.train_samples).__name__ == "CachedSamples"
-    assert type(from_pixels.datamodule.train_samples).__name__ == "PixelSamples"
+    assert type(from_cache.datamodule.train_dataset).__name__ == "CachedDataset"
+    assert type(from_pixels.datamodule.train_dataset).__name__ == "PixelDataset"
     for tag in ("train/loss", "val/loss"):
         ours, theirs = scalars(tmp_path / "cache", tag), scalars(tmp_path / "pixels", tag)
         assert [s for s, _ in ours] == [s for s, _ in theirs]
@@ -117,10 +116,10 @@ def test_training_from_cache_matches_training_from_pixels(tmp_path, toy_dataset)
 def test_worker_processes_load_both_kinds_of_samples(tmp_path, toy_dataset, cache):
     import pickle
 
-    datamodule = AmusedDataModule(dataset=str(toy_dataset), resolution=32, batch_size=4, num_workers=2, cache=cache,
-                                  cache_dir=str(tmp_path))
+    datamodule = connected(HFDataset(str(toy_dataset)), resolution=32, batch_size=4, num_workers=2, cache=cache,
+                           cache_dir=str(tmp_path))
     datamodule.setup("fit")
     if cache == "on":
-        assert len(pickle.dumps(datamodule.train_samples.cache)) < 1000, "workers get the folder, not the arrays"
+        assert len(pickle.dumps(datamodule.train_dataset.cache)) < 1000, "workers get the folder, not the arrays"
     batches = list(datamodule.train_dataloader())
-    assert sum(len(batch["micro_conds"]) for batch in batches) == len(datamodule.train_samples)
+    assert sum(len(batch["micro_conds"]) for batch in batches) == len(datamodule.train_dataset)

@@ -7,16 +7,22 @@ import yaml
 from amused_lightning.__main__ import COMMANDS, main
 from amused_lightning.cli import cli_main
 
-from helpers import fit, scalars, transformer_weights
+from helpers import CONFIGS, fit, recipe_configs, scalars, transformer_weights
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+RECIPES = sorted(path.stem for path in CONFIGS.glob("*.yaml") if path.stem != "quickstart")
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
-def test_every_shipped_config_parses(config):
+@pytest.mark.parametrize("configs", [["--config", str(CONFIGS / "quickstart.yaml")], *map(recipe_configs, RECIPES)],
+                         ids=["quickstart", *RECIPES])
+def test_every_shipped_config_parses(configs):
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", "--config", str(config), "--print_config"])
+        cli_main(["fit", *configs, "--print_config"])
     assert exit_info.value.code == 0
+
+
+def test_every_base_config_is_used_by_a_recipe():
+    used = {Path(arg).name for recipe in RECIPES for arg in recipe_configs(recipe) if "/base/" in arg}
+    assert used == {path.name for path in (CONFIGS / "base").glob("*.yaml")}
 
 
 def test_fit_logs_and_checkpoints(tmp_path, toy_dataset):

@@ -91,7 +91,8 @@ def test_missing_bitsandbytes_is_reported_at_parse_time(monkeypatch, capsys):
     for name in [n for n in sys.modules if n == "bitsandbytes" or n.startswith("bitsandbytes.")]:
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(SystemExit):
-        cli_main(["fit", "--model.optimizer", "bitsandbytes.optim.AdamW8bit", "--data.image", "x.png"])
+        cli_main(["fit", "--model.optimizer", "bitsandbytes.optim.AdamW8bit", "--data.source", "SingleImage",
+                  "--data.source.path", "x.png"])
     error = capsys.readouterr().err
     assert 'Parser key "model.optimizer"' in error and "bitsandbytes" in error
 

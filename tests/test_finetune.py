@@ -148,5 +148,5 @@ def test_mixed_precision_lora_run_with_cache_offload_and_dropout(tmp_path, toy_d
               "--model.validation.generation.num_inference_steps", "2")
     placement = next(c for c in cli.trainer.callbacks if isinstance(c, FrozenPlacement))
     assert placement.cast_tensors > 0 and cli.trainer.global_step == 3
-    assert type(cli.datamodule.train_samples).__name__ == "CachedSamples"
+    assert type(cli.datamodule.train_dataset).__name__ == "CachedDataset"
     assert (tmp_path / "validation" / "step=000002.png").is_file()

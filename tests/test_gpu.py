@@ -31,7 +31,7 @@ def test_fp16_lora_run_offloads_frozen_parts_and_restores_them(tmp_path, toy_dat
 def test_frozen_parts_are_off_the_device_during_steps(tmp_path, toy_dataset):
     import lightning as L
 
-    from amused_lightning.data import AmusedDataModule
+    from amused_lightning.data import AmusedDataModule, HFDataset
     from amused_lightning.module import AmusedModule
 
     seen = []
@@ -41,12 +41,14 @@ def test_frozen_parts_are_off_the_device_during_steps(tmp_path, toy_dataset):
             seen.append((pl_module.vqvae.encoder.conv_in.weight.device.type,
                          pl_module.text_encoder.text_model.embeddings.token_embedding.weight.device.type))
 
-    datamodule = AmusedDataModule(dataset=str(toy_dataset), resolution=32, batch_size=4, cache_dir=str(tmp_path))
+    module = AmusedModule()
+    datamodule = AmusedDataModule(HFDataset(str(toy_dataset)), resolution=32, batch_size=4, cache_dir=str(tmp_path))
+    datamodule.connect(module.frozen_encoders())
     trainer = L.Trainer(accelerator="gpu", devices=1, precision="16-mixed", max_steps=2, logger=False,
                         enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False,
                         callbacks=[Probe()])
-    trainer.fit(AmusedModule(), datamodule=datamodule)
-    assert type(datamodule.train_samples).__name__ == "CachedSamples"
+    trainer.fit(module, datamodule=datamodule)
+    assert type(datamodule.train_dataset).__name__ == "CachedDataset"
     assert seen == [("cpu", "cpu"), ("cpu", "cpu")]
 
 

@@ -2,7 +2,6 @@
 swapped to a local one of the same shape (columns image and text; the StyleDrop image under its recipe name)."""
 
 import importlib
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,8 @@ from PIL import Image
 
 from amused_lightning.cli import cli_main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from helpers import CONFIGS, recipe_configs
+
 # The seed document's values: (model, batch, lr, resolution, optimizer, lora alpha, max steps, validation steps).
 SEED = {
     "amused-256-nouns-full": ("amused/amused-256", 8, 1e-4, 256, "torch.optim.AdamW", None, 10000, 250),
@@ -31,40 +31,53 @@ def test_every_seed_recipe_has_a_config():
     assert {p.stem for p in CONFIGS.glob("*.yaml")} - {"quickstart"} == set(SEED)
 
 
+def resolved_config(recipe: str, capsys) -> dict:
+    """The full config `--print_config` resolves from a recipe and its base (parsing only: no model or data opens)."""
+    with pytest.raises(SystemExit):
+        cli_main(["fit", *recipe_configs(recipe), "--print_config"])
+    return yaml.safe_load(capsys.readouterr().out)
+
+
 @pytest.mark.parametrize("recipe", sorted(SEED))
-def test_recipe_carries_the_seed_values(recipe):
-    config = yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text())
+def test_recipe_carries_the_seed_values(recipe, capsys):
+    config = resolved_config(recipe, capsys)
+    data = config["data"]
     model, batch, lr, resolution, optimizer, alpha, max_steps, validation_steps = SEED[recipe]
     assert config["model"]["pretrained"] == model
-    assert config["data"]["batch_size"] == batch and config["data"]["resolution"] == resolution
+    assert data["batch_size"] == batch and data["resolution"] == resolution
     assert config["model"]["optimizer"]["class_path"] == optimizer
     assert config["model"]["optimizer"]["init_args"]["lr"] == lr
-    assert config["model"].get("lora", {}).get("alpha") == alpha
+    assert (config["model"]["lora"] or {}).get("alpha") == alpha
     assert config["model"]["lr_schedule"]["name"] == "constant" and config["trainer"]["precision"] == "16-mixed"
     assert config["trainer"]["max_steps"] == max_steps and config["validation_steps"] == validation_steps
     assert config["checkpoint"]["every_n_train_steps"] == 500
     assert len(config["model"]["validation"]["prompts"]) == {256: 8, 512: 5}[resolution] or "styledrop" in recipe
+    source = data["source"]["init_args"]
     if "minecraft" in recipe:
-        assert config["data"]["prompt_prefix"] == "minecraft "
+        assert source["prompt_prefix"] == "minecraft "
     if "styledrop" in recipe:
-        assert config["data"]["image"] == "A mushroom in [V] style.png"
+        assert data["source"] == {"class_path": "amused_lightning.data.SingleImage",
+                                  "init_args": {"path": "A mushroom in [V] style.png"}}
     else:
-        assert config["data"]["image_key"] == "image" and config["data"]["prompt_key"] == "text"
+        assert data["source"]["class_path"] == "amused_lightning.data.HFDataset"
+        assert source["path"] == {"nouns": "m1guelpf/nouns", "minecraft": "monadical-labs/minecraft-preview"}[
+            recipe.split("-")[2]]
+        assert source["split"] == "train" and source["image_key"] == "image" and source["prompt_key"] == "text"
 
 
 @pytest.mark.parametrize("recipe", sorted(SEED))
-def test_recipe_runs_two_steps_on_tiny(recipe, tmp_path, monkeypatch, toy_dataset):
+def test_recipe_runs_two_steps_on_tiny(recipe, tmp_path, monkeypatch, toy_dataset, capsys):
     monkeypatch.chdir(tmp_path)
     Image.effect_mandelbrot((80, 48), (-2, -1, 1, 1), 40).convert("RGB").save("A mushroom in [V] style.png")
-    config = yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text())
+    config = resolved_config(recipe, capsys)
     swaps = ["--model.pretrained", "tiny", "--data.resolution", "32", "--trainer.max_steps", "2",
              "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
-    if "dataset" in config["data"]:
-        swaps += ["--data.dataset", str(toy_dataset)]
-    cli = cli_main(["fit", "--config", str(CONFIGS / f"{recipe}.yaml"), *swaps])
+    if config["data"]["source"]["class_path"].endswith("HFDataset"):
+        swaps += ["--data.source.path", str(toy_dataset)]
+    cli = cli_main(["fit", *recipe_configs(recipe), *swaps])
     assert cli.trainer.global_step == 2
     trained = cli.model.trained_state_keys()
-    assert all("lora_" in key for key in trained) == ("lora" in config["model"])
+    assert all("lora_" in key for key in trained) == (config["model"]["lora"] is not None)
     module_name, class_name = config["model"]["optimizer"]["class_path"].rsplit(".", 1)
     assert type(cli.trainer.optimizers[0]) is getattr(importlib.import_module(module_name), class_name)
     run = tmp_path / "runs" / recipe

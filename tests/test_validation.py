@@ -57,9 +57,10 @@ def test_held_out_loss_falls_on_quickstart_data(tmp_path):
     from make_toy_dataset import build
 
     build(tmp_path / "toy", num_images=40, size=64, seed=0)
-    cli = cli_main(["--config", str(QUICKSTART), "--data.dataset", str(tmp_path / "toy"),
+    cli = cli_main(["--config", str(QUICKSTART), "--data.source.path", str(tmp_path / "toy"),
                     "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_steps", "200",
                     "--trainer.enable_progress_bar", "false", "--validation_steps", "100"], run=False)
+    cli.datamodule.connect(cli.model.frozen_encoders())  # what `fit` does before training
     cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     before = cli.trainer.callback_metrics["val/loss"].item()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

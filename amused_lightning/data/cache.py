@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,8 +21,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from amused_lightning.batch import IMAGE_TOKENS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
 from amused_lightning.data.transforms import has_unique_crop, preprocess_image
-from amused_lightning.encoding import encode_image_tokens, encode_prompts, pixels_per_token, tokenize_prompts
+from amused_lightning.encoding import (
+    FrozenEncoders,
+    encode_image_tokens,
+    encode_prompts,
+    pixels_per_token,
+    tokenize_prompts,
+)
 from amused_lightning.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -73,85 +81,116 @@ class TokenCache:
     def sample(self, row: int, seed: int) -> dict[str, torch.Tensor]:
         """One of the row's cached crops, chosen by `seed`, with its micro_conds and prompt embeddings."""
         crop = random.Random(seed).randrange(int(self.num_crops[row]))
-        sample = {"image_tokens": torch.from_numpy(self.tokens[row, crop].astype(np.int64)),
-                  "micro_conds": torch.from_numpy(np.array(self.micro_conds[row, crop]))}
+        sample = {IMAGE_TOKENS: torch.from_numpy(self.tokens[row, crop].astype(np.int64)),
+                  MICRO_CONDS: torch.from_numpy(np.array(self.micro_conds[row, crop]))}
         if self.has_text:
-            sample["encoder_hidden_states"] = torch.from_numpy(np.array(self.hidden[row]))
-            sample["pooled_text_emb"] = torch.from_numpy(np.array(self.pooled[row]))
+            sample[PROMPT_HIDDEN] = torch.from_numpy(np.array(self.hidden[row]))
+            sample[PROMPT_POOLED] = torch.from_numpy(np.array(self.pooled[row]))
         return sample
 
 
-def open_or_build(spec: CacheSpec, cache_dir: Path, source, rows: list[int], encoders, device: torch.device,
-                  autocast, batch_size: int, exact_only: bool, build: bool = True) -> TokenCache | None:
-    """The cache of `spec`, built first if absent and `build`. With `exact_only`, None when some image has several
-    possible crops (caching would change training); that finding is remembered beside the caches."""
-    folder, inexact = cache_dir / spec.key(), cache_dir / f"{spec.key()}.several-crops"
-    if (folder / "meta.json").exists():
-        log.info("reusing the pre-encoded cache %s", folder)
-        return TokenCache(folder)
-    if (exact_only and inexact.exists()) or not build:
-        return None
-    partial = cache_dir / f"{spec.key()}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        if not _build(spec, partial, source, rows, encoders(), device, autocast, batch_size, exact_only):
-            inexact.touch()
+class CacheBuilder:
+    """Finds the cache of a spec under `root`, encoding it first with the connected frozen encoders when absent."""
+
+    def __init__(self, root: Path, encoders: FrozenEncoders, device: torch.device, autocast, batch_size: int):
+        self.root, self.encoders, self.device = root, encoders, device
+        self.autocast, self.batch_size = autocast, batch_size
+
+    def get(self, spec: CacheSpec, source, rows: list[int], exact_only: bool, build: bool) -> TokenCache | None:
+        """The cache of `rows` of `source`, built first if absent and `build`. With `exact_only`, None when some image
+        has several possible crops (caching would change training); that finding is remembered beside the caches."""
+        folder, inexact = self.root / spec.key(), self.root / f"{spec.key()}.several-crops"
+        if (folder / "meta.json").exists():
+            log.info("reusing the pre-encoded cache %s", folder)
+            return TokenCache(folder)
+        if (exact_only and inexact.exists()) or not build:
             return None
-        if not folder.exists():  # a concurrent builder may have finished first
-            os.replace(partial, folder)
-    finally:
+        partial = self.root / f"{spec.key()}.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
-    return TokenCache(folder)
+        partial.mkdir(parents=True)
+        try:
+            with self._encoders_on_device(spec.text_precision is not None):
+                complete = self.encode(spec, partial, source, rows, exact_only)
+            if not complete:
+                inexact.touch()
+                return None
+            if not folder.exists():  # a concurrent builder may have finished first
+                os.replace(partial, folder)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return TokenCache(folder)
 
+    @contextmanager
+    def _encoders_on_device(self, with_text: bool):
+        """The encoders on the build device in eval mode, put back where and as they were afterwards."""
+        parts = [self.encoders.vqvae] + ([self.encoders.text_encoder] if with_text else [])
+        before = [(next(part.parameters()).device, part.training) for part in parts]
+        for part in parts:
+            part.to(self.device).eval()
+        try:
+            yield
+        finally:
+            for part, (device, training) in zip(parts, before):
+                part.to(device).train(training)
 
-def _build(spec: CacheSpec, folder: Path, source, rows: list[int], encoders, device, autocast, batch_size: int,
-           require_unique_crops: bool) -> bool:
-    """Encode every row's crops and prompt into `folder`; False if a required unique crop is missing."""
-    vqvae, text_encoder, tokenizer = (part.to(device).eval() if hasattr(part, "eval") else part for part in encoders)
-    grid = spec.resolution // pixels_per_token(vqvae.config)
-    tokens = np.lib.format.open_memmap(folder / "tokens.npy", "w+", np.int16, (len(rows), spec.crops, grid, grid))
-    conds = np.lib.format.open_memmap(folder / "micro_conds.npy", "w+", np.float32, (len(rows), spec.crops, 5))
-    num_crops = np.zeros(len(rows), dtype=np.int16)
-    text = None
-    for start in tqdm(range(0, len(rows), batch_size), desc="pre-encoding", unit="batch"):
-        images, prompts = zip(*(source[row] for row in rows[start:start + batch_size]))
-        crops = []
-        for offset, image in enumerate(images):
-            fixed = (spec.center_crop or has_unique_crop(image, spec.resolution)) and not spec.random_flip
-            if require_unique_crops and not fixed:
-                log.info("pre-encoding off: row %d has several possible crops (data.cache: on caches "
-                         "data.cache_crops of them per image)", rows[start + offset])
+    def encode(self, spec: CacheSpec, folder: Path, source, rows: list[int], require_unique_crops: bool) -> bool:
+        """Encode every row's crops and prompt into `folder`; False if a required unique crop is missing."""
+        grid = spec.resolution // pixels_per_token(self.encoders.vqvae.config)
+        tokens = np.lib.format.open_memmap(folder / "tokens.npy", "w+", np.int16, (len(rows), spec.crops, grid, grid))
+        conds = np.lib.format.open_memmap(folder / "micro_conds.npy", "w+", np.float32, (len(rows), spec.crops, 5))
+        num_crops = np.zeros(len(rows), dtype=np.int16)
+        text = None
+        for start in tqdm(range(0, len(rows), self.batch_size), desc="pre-encoding", unit="batch"):
+            images, prompts = zip(*(source[row] for row in rows[start:start + self.batch_size]))
+            crops = _crops(spec, images, rows[start:start + len(images)], require_unique_crops)
+            if crops is None:
                 return False
-            num_crops[start + offset] = count = 1 if fixed else spec.crops
-            seeds = [derive_seed(spec.seed, rows[start + offset], crop) for crop in range(count)]
-            crops.append([preprocess_image(image, spec.resolution, random.Random(seed), spec.center_crop,
-                                           spec.random_flip, spec.aesthetic_score) for seed in seeds])
-        with torch.no_grad():
-            _encode_crops(vqvae, crops, tokens, conds, start, device)
-            if spec.text_precision is not None:
-                with autocast():
-                    hidden, pooled = encode_prompts(text_encoder, tokenize_prompts(tokenizer, list(prompts)).to(device))
-                text = text or _text_arrays(folder, len(rows), hidden, pooled)
-                text[0][start:start + len(prompts)] = hidden.float().cpu().numpy()
-                text[1][start:start + len(prompts)] = pooled.float().cpu().numpy()
-    np.save(folder / "num_crops.npy", num_crops)
-    for array in (tokens, conds, *(text or ())):
-        array.flush()
-    (folder / "meta.json").write_text(json.dumps({**asdict(spec), "format": CACHE_FORMAT}, indent=2))
-    return True
+            num_crops[start:start + len(images)] = [len(image_crops) for image_crops in crops]
+            with torch.no_grad():
+                _encode_crops(self.encoders.vqvae, crops, tokens, conds, start, self.device)
+                if spec.text_precision is not None:
+                    hidden, pooled = self._encode_prompts(list(prompts))
+                    text = text or _text_arrays(folder, len(rows), hidden, pooled)
+                    text[0][start:start + len(prompts)] = hidden.float().cpu().numpy()
+                    text[1][start:start + len(prompts)] = pooled.float().cpu().numpy()
+        np.save(folder / "num_crops.npy", num_crops)
+        for array in (tokens, conds, *(text or ())):
+            array.flush()
+        (folder / "meta.json").write_text(json.dumps({**asdict(spec), "format": CACHE_FORMAT}, indent=2))
+        return True
+
+    def _encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP's outputs for `prompts`, under the run's precision."""
+        with self.autocast():
+            input_ids = tokenize_prompts(self.encoders.tokenizer, prompts).to(self.device)
+            return encode_prompts(self.encoders.text_encoder, input_ids)
+
+
+def _crops(spec: CacheSpec, images, rows: list[int], require_unique_crops: bool) -> list[list[dict]] | None:
+    """Each image's preprocessed crops (one when its crop is fixed); None if a required unique crop is missing."""
+    crops = []
+    for image, row in zip(images, rows):
+        fixed = (spec.center_crop or has_unique_crop(image, spec.resolution)) and not spec.random_flip
+        if require_unique_crops and not fixed:
+            log.info("pre-encoding off: row %d has several possible crops (data.cache: on caches "
+                     "data.cache_crops of them per image)", row)
+            return None
+        seeds = [derive_seed(spec.seed, row, crop) for crop in range(1 if fixed else spec.crops)]
+        crops.append([preprocess_image(image, spec.resolution, random.Random(seed), spec.center_crop,
+                                       spec.random_flip, spec.aesthetic_score) for seed in seeds])
+    return crops
 
 
 def _encode_crops(vqvae, crops: list[list[dict]], tokens, conds, start: int, device) -> None:
     """VQ-encode all crops of a batch of images in one call and store them per image."""
     flat = [sample for image_crops in crops for sample in image_crops]
-    pixels = torch.stack([sample["pixel_values"] for sample in flat]).to(device)
+    pixels = torch.stack([sample[PIXEL_VALUES] for sample in flat]).to(device)
     encoded = encode_image_tokens(vqvae, pixels).cpu().numpy()
     index = 0
     for offset, image_crops in enumerate(crops):
         for crop, sample in enumerate(image_crops):
             tokens[start + offset, crop] = encoded[index]
-            conds[start + offset, crop] = sample["micro_conds"].numpy()
+            conds[start + offset, crop] = sample[MICRO_CONDS].numpy()
             index += 1
 
 

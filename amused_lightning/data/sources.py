@@ -1,51 +1,134 @@
-"""The three kinds of training data: a Hugging Face dataset, a folder of images, a single image."""
+"""The three kinds of training data, chosen by `data.source`: a Hugging Face dataset, a folder of images, one image.
+
+Each source holds its own settings, opens its data on first use (parsing a config opens nothing), names what its
+contents depend on (`identity`, part of the cache key), and splits itself into training and held-out rows.
+"""
 
 from __future__ import annotations
 
+import inspect
 import logging
+from abc import ABC, abstractmethod
+from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import datasets
+import torch
 from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset(suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+# A single image is repeated to fill this many batches per epoch, so loaders are not restarted every step.
+SINGLE_IMAGE_BATCHES_PER_EPOCH = 100
 
 
 class DataSourceError(ValueError):
     """The configured training data cannot be used."""
 
 
-class HFDatasetSource:
+class Split(NamedTuple):
+    """Training rows, and the source and rows the held-out loss scores."""
+
+    train_rows: list[int]
+    held_out: DataSource
+    held_out_rows: list[int]
+
+
+class DataSource(ABC):
+    """Images with prompts, indexed by row: `source[row] -> (PIL image, prompt)`."""
+
+    identity: str
+    """What the rows' contents depend on (path, split, file sizes and times ...): part of the cache key."""
+
+    def settings(self) -> dict:
+        """The source as a config entry: its class and the arguments it was made with."""
+        names = [name for name in inspect.signature(type(self)).parameters]
+        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+                "init_args": {name: getattr(self, name) for name in names}}
+
+    @abstractmethod
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @abstractmethod
+    def __getitem__(self, row: int) -> tuple[Image.Image, str]:
+        raise NotImplementedError
+
+    @abstractmethod
+    def prompt(self, row: int) -> str:
+        """The prompt of `row`, without decoding its image."""
+        raise NotImplementedError
+
+    def split_rows(self, val_samples: int, seed: int, batch_size: int, world_size: int) -> Split:
+        """(training rows, held-out source, held-out rows): `val_samples` rows held out of training, at most a tenth
+        of them; under ten rows, (some of) the training rows themselves are scored."""
+        count = min(val_samples, len(self) // 10)
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).tolist()
+        if count == 0:
+            return Split(list(range(len(self))), self, sorted(order[:val_samples]))
+        return Split(sorted(order[count:]), self, sorted(order[:count]))
+
+
+class HFDataset(DataSource):
     """Rows of a Hugging Face dataset (hub id, parquet/arrow/image folder, or save_to_disk folder)."""
 
-    def __init__(self, path: str, split: str, image_key: str, prompt_key: str, prompt_prefix: str | None):
-        self.rows = open_hf_dataset(path, split)
-        missing = [f"data.{name}={key!r}" for name, key in (("image_key", image_key), ("prompt_key", prompt_key))
-                   if key not in self.rows.column_names]
+    def __init__(self, path: str, split: str = "train", image_key: str = "image", prompt_key: str = "text",
+                 prompt_prefix: str | None = None, val_split: str | None = None):
+        """
+        Args:
+            path: Hub id, or local folder of parquet/arrow files, an imagefolder, or a save_to_disk folder.
+            split: Split to train on.
+            image_key: Column holding the images.
+            prompt_key: Column holding the prompts.
+            prompt_prefix: Text put before every prompt (for example "minecraft ").
+            val_split: Split scored for the held-out loss. Unset: rows are held out of `split` (see data.val_samples).
+        """
+        self.path, self.split, self.image_key, self.prompt_key = path, split, image_key, prompt_key
+        self.prompt_prefix, self.val_split = prompt_prefix, val_split
+
+    @cached_property
+    def rows(self) -> datasets.Dataset:
+        rows = open_hf_dataset(self.path, self.split)
+        missing = [f"data.source.{name}={key!r}" for name, key in (("image_key", self.image_key),
+                                                                   ("prompt_key", self.prompt_key))
+                   if key not in rows.column_names]
         if missing:
-            raise DataSourceError(f"data.dataset={path!r}: {', '.join(missing)} not among its columns "
-                                  f"{self.rows.column_names}")
-        if len(self.rows) == 0:
-            raise DataSourceError(f"data.dataset={path!r} split {split!r} has no rows")
-        self.image_key, self.prompt_key, self.prefix = image_key, prompt_key, prompt_prefix or ""
-        self.prompts = [self.prefix + prompt for prompt in self.rows[prompt_key]]
-        self.identity = f"dataset:{path}:{split}:{self.rows._fingerprint}:{image_key}:{prompt_key}:{self.prefix}"
+            raise DataSourceError(f"data.source.path={self.path!r}: {', '.join(missing)} not among its columns "
+                                  f"{rows.column_names}")
+        if len(rows) == 0:
+            raise DataSourceError(f"data.source.path={self.path!r} split {self.split!r} has no rows")
+        return rows
+
+    @cached_property
+    def prompts(self) -> list[str]:
+        return [(self.prompt_prefix or "") + prompt for prompt in self.rows[self.prompt_key]]
+
+    @cached_property
+    def identity(self) -> str:
+        return (f"dataset:{self.path}:{self.split}:{self.rows._fingerprint}:{self.image_key}:{self.prompt_key}:"
+                f"{self.prompt_prefix or ''}")
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def prompt(self, index: int) -> str:
-        return self.prompts[index]
+    def prompt(self, row: int) -> str:
+        return self.prompts[row]
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, str]:
-        row = self.rows[index]
-        image = row[self.image_key]
+    def __getitem__(self, row: int) -> tuple[Image.Image, str]:
+        image = self.rows[row][self.image_key]
         if not isinstance(image, Image.Image):
-            raise DataSourceError(f"data.image_key={self.image_key!r}: row {index} holds {type(image).__name__}, "
-                                  "not an image")
-        return image, self.prompts[index]
+            raise DataSourceError(f"data.source.image_key={self.image_key!r}: row {row} holds "
+                                  f"{type(image).__name__}, not an image")
+        return image, self.prompts[row]
+
+    def split_rows(self, val_samples: int, seed: int, batch_size: int, world_size: int) -> Split:
+        """With `val_split`, all of `split` trains and the first `val_samples` rows of `val_split` are scored."""
+        if self.val_split is None:
+            return super().split_rows(val_samples, seed, batch_size, world_size)
+        held_out = HFDataset(self.path, self.val_split, self.image_key, self.prompt_key, self.prompt_prefix)
+        return Split(list(range(len(self))), held_out, list(range(min(val_samples, len(held_out)))))
 
 
 def open_hf_dataset(path: str, split: str) -> datasets.Dataset:
@@ -58,56 +141,86 @@ def open_hf_dataset(path: str, split: str) -> datasets.Dataset:
         return datasets.load_dataset(path, split=split)
     except (ConnectionError, FileNotFoundError, KeyError, ValueError) as error:
         where = "local folder" if local.exists() else "Hugging Face Hub dataset (is the hub reachable?)"
-        raise DataSourceError(f"data.dataset={path!r} split {split!r}: could not open it as a {where}: {error}. "
+        raise DataSourceError(f"data.source.path={path!r} split {split!r}: could not open it as a {where}: {error}. "
                               "A local folder of parquet/arrow files, an imagefolder or a save_to_disk folder "
                               "works offline.") from error
 
 
-class ImageFolderSource:
-    """Every readable image in a folder, prompted by its file name without the suffix."""
+class ImageFolder(DataSource):
+    """Every readable image in a folder, prompted by its file name without the suffix; other files are ignored."""
 
-    def __init__(self, folder: str):
-        root = Path(folder).expanduser()
+    def __init__(self, path: str):
+        """
+        Args:
+            path: Folder of images.
+        """
+        self.path = path
+
+    @cached_property
+    def paths(self) -> list[Path]:
+        root = Path(self.path).expanduser()
         if not root.is_dir():
-            raise DataSourceError(f"data.image_dir={folder!r} is not a folder")
+            raise DataSourceError(f"data.source.path={self.path!r} is not a folder")
         candidates = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        self.paths = [path for path in candidates if _is_readable(path)]
-        if not self.paths:
-            raise DataSourceError(f"data.image_dir={folder!r} holds no readable image "
+        paths = [path for path in candidates if _is_readable(path)]
+        if not paths:
+            raise DataSourceError(f"data.source.path={self.path!r} holds no readable image "
                                   f"({len(candidates)} image files found)")
-        self.identity = "image_dir:" + ";".join(_file_identity(path) for path in self.paths)
+        return paths
+
+    @cached_property
+    def identity(self) -> str:
+        return "image_dir:" + ";".join(_file_identity(path) for path in self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def prompt(self, index: int) -> str:
-        return self.paths[index].stem
+    def prompt(self, row: int) -> str:
+        return self.paths[row].stem
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, str]:
-        path = self.paths[index]
+    def __getitem__(self, row: int) -> tuple[Image.Image, str]:
+        path = self.paths[row]
         return Image.open(path), path.stem
 
 
-class SingleImageSource:
-    """One image, prompted by its file name without the suffix."""
+class SingleImage(DataSource):
+    """One image (StyleDrop), prompted by its file name without the suffix, a fresh random crop at each draw."""
 
-    def __init__(self, image: str):
-        path = Path(image).expanduser()
+    def __init__(self, path: str):
+        """
+        Args:
+            path: The image file.
+        """
+        self.path = path
+
+    @cached_property
+    def image(self) -> Image.Image:
+        path = Path(self.path).expanduser()
         if not path.is_file():
-            raise DataSourceError(f"data.image={image!r} is not a file")
+            raise DataSourceError(f"data.source.path={self.path!r} is not a file")
         if not _is_readable(path):
-            raise DataSourceError(f"data.image={image!r} is not a readable image")
-        self.image, self.identity = Image.open(path), "image:" + _file_identity(path)
-        self.image.load()
+            raise DataSourceError(f"data.source.path={self.path!r} is not a readable image")
+        image = Image.open(path)
+        image.load()
+        return image
+
+    @cached_property
+    def identity(self) -> str:
+        self.image  # noqa: B018 (checks the file first)
+        return "image:" + _file_identity(Path(self.path).expanduser())
 
     def __len__(self) -> int:
         return 1
 
-    def prompt(self, index: int) -> str:
-        return Path(self.image.filename).stem
+    def prompt(self, row: int) -> str:
+        return Path(self.path).stem
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, str]:
-        return self.image, self.prompt(index)
+    def __getitem__(self, row: int) -> tuple[Image.Image, str]:
+        return self.image, self.prompt(row)
+
+    def split_rows(self, val_samples: int, seed: int, batch_size: int, world_size: int) -> Split:
+        """The image repeated to fill `SINGLE_IMAGE_BATCHES_PER_EPOCH` batches on every device, and scored itself."""
+        return Split([0] * (batch_size * world_size * SINGLE_IMAGE_BATCHES_PER_EPOCH), self, [0])
 
 
 def _file_identity(path: Path) -> str:

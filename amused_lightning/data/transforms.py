@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from amused_lightning.batch import MICRO_CONDS, PIXEL_VALUES
+
 
 def to_upright_rgb(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation and convert any mode (RGBA, L, P, CMYK, I;16 ...) to RGB."""
@@ -67,4 +69,4 @@ def preprocess_image(image: Image.Image, resolution: int, rng: random.Random, ce
     if random_flip and rng.random() < 0.5:
         image = ImageOps.mirror(image)
     micro_conds = torch.tensor([orig_width, orig_height, top, left, aesthetic_score], dtype=torch.float32)
-    return {"pixel_values": pil_to_tensor(image), "micro_conds": micro_conds}
+    return {PIXEL_VALUES: pil_to_tensor(image), MICRO_CONDS: micro_conds}
