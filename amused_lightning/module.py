@@ -24,7 +24,7 @@ from amused_lightning.args import (
     ValidationArgs,
     as_settings,
 )
-from amused_lightning.batch import INPUT_IDS, MICRO_CONDS, POSITION, Batch, has_prompt_embeddings, is_pre_encoded
+from amused_lightning.batch import Batch, has_prompt_embeddings, is_pre_encoded
 from amused_lightning.components import components_identity
 from amused_lightning.decoding import GenerationSettings, generate_images
 from amused_lightning.encoding import (
@@ -151,7 +151,7 @@ class AmusedModule(L.LightningModule):
         if has_prompt_embeddings(batch):
             return batch["encoder_hidden_states"], batch["pooled_text_emb"]
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_encoder_trains):
-            return encode_prompts(self.text_encoder, batch[INPUT_IDS])
+            return encode_prompts(self.text_encoder, batch["input_ids"])
 
     def empty_prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of "" for conditioning dropout; cached while the text encoder is frozen."""
@@ -183,7 +183,7 @@ class AmusedModule(L.LightningModule):
         if dropout > 0:
             drop = torch.rand(tokens.shape[0], generator=generator, device=self.device) < dropout
             hidden, pooled = drop_conditioning(hidden, pooled, *self.empty_prompt_embeddings(), drop)
-        loss = masked_token_loss(*self.masked_logits(tokens, mask, hidden, pooled, batch[MICRO_CONDS]))
+        loss = masked_token_loss(*self.masked_logits(tokens, mask, hidden, pooled, batch["micro_conds"]))
         self.train_loss.update(loss.detach())
         self.train_masking_rate.update(ratios)
         return loss
@@ -192,8 +192,8 @@ class AmusedModule(L.LightningModule):
         tokens = self.image_tokens(batch)
         hidden, pooled = self.prompt_embeddings(batch)
         for i, ratio in enumerate(self.validation.mask_ratios):
-            mask = held_out_mask(batch[POSITION], tokens[0].numel(), ratio, i, self.spec.seed)
-            losses, hits = masked_token_scores(*self.masked_logits(tokens, mask, hidden, pooled, batch[MICRO_CONDS]))
+            mask = held_out_mask(batch["position"], tokens[0].numel(), ratio, i, self.spec.seed)
+            losses, hits = masked_token_scores(*self.masked_logits(tokens, mask, hidden, pooled, batch["micro_conds"]))
             self.val_losses[i].update(losses)
             self.val_accuracies[i].update(hits)
 

@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from amused_lightning.adapters import LoraSettings
 from amused_lightning.args import LRScheduleArgs, MemoryArgs
+from amused_lightning.batch import IMAGE_TOKENS, INPUT_IDS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
 from amused_lightning.encoding import encode_image_tokens, encode_prompts, pixels_per_token
 from amused_lightning.module import AmusedModule
 from amused_lightning.offload import OffloadedAdamW, OffloadedAdamW8bit
@@ -98,14 +99,14 @@ class SyntheticBatches(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(index)
-        sample = {"micro_conds": torch.tensor([self.resolution, self.resolution, 0.0, 0.0, 6.0])}
+        sample = {MICRO_CONDS: torch.tensor([self.resolution, self.resolution, 0.0, 0.0, 6.0])}
         if self.pre_encoded:
-            sample["image_tokens"] = torch.randint(0, self.codes, (self.grid, self.grid), generator=generator)
-            sample["encoder_hidden_states"] = torch.randn(77, self.width, generator=generator)
-            sample["pooled_text_emb"] = torch.randn(self.projection, generator=generator)
+            sample[IMAGE_TOKENS] = torch.randint(0, self.codes, (self.grid, self.grid), generator=generator)
+            sample[PROMPT_HIDDEN] = torch.randn(77, self.width, generator=generator)
+            sample[PROMPT_POOLED] = torch.randn(self.projection, generator=generator)
         else:
-            sample["pixel_values"] = torch.rand(3, self.resolution, self.resolution, generator=generator)
-            sample["input_ids"] = torch.randint(0, self.vocab, (77,), generator=generator)
+            sample[PIXEL_VALUES] = torch.rand(3, self.resolution, self.resolution, generator=generator)
+            sample[INPUT_IDS] = torch.randint(0, self.vocab, (77,), generator=generator)
         return sample
 
 
@@ -155,14 +156,14 @@ def model_flops_per_sample(module: AmusedModule, row: Row, pre_encoded: bool) ->
     data = SyntheticBatches(module, row.resolution, 1, pre_encoded=False)[0]
     device = module.device
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        tokens = encode_image_tokens(module.vqvae, data["pixel_values"][None].to(device))
+        tokens = encode_image_tokens(module.vqvae, data[PIXEL_VALUES][None].to(device))
     encoder_flops = counter.get_total_flops()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        hidden, pooled = encode_prompts(module.text_encoder, data["input_ids"][None].to(device))
+        hidden, pooled = encode_prompts(module.text_encoder, data[INPUT_IDS][None].to(device))
     encoder_flops += counter.get_total_flops()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module.transformer(tokens, encoder_hidden_states=hidden.float(), pooled_text_emb=pooled.float(),
-                           micro_conds=data["micro_conds"][None].to(device))
+                           micro_conds=data[MICRO_CONDS][None].to(device))
     transformer_flops = counter.get_total_flops() * (2 if row.mode == "lora" else 3)
     return transformer_flops + (0 if pre_encoded else encoder_flops)
 

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 
 import torch
 
+from amused_lightning.batch import IMAGE_TOKENS, INPUT_IDS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
 from amused_lightning.module import AmusedModule
 from amused_lightning.offload import OffloadedAdamW
 from amused_lightning.placement import AUTOCAST_DTYPES, cast_frozen_weights, unused_frozen_parts
 
 from benchmark import GB, Row, build_module, publish, select_rows
 
-PRE_ENCODED_KEYS = ("image_tokens", "encoder_hidden_states", "pooled_text_emb", "micro_conds")
-PIXEL_KEYS = ("pixel_values", "input_ids", "micro_conds")
+PRE_ENCODED_KEYS = (IMAGE_TOKENS, PROMPT_HIDDEN, PROMPT_POOLED, MICRO_CONDS)
+PIXEL_KEYS = (PIXEL_VALUES, INPUT_IDS, MICRO_CONDS)
 
 
 @dataclass(frozen=True)
