@@ -1,7 +1,7 @@
 """Peak CUDA memory of every seed row, ours beside the reference script's, simulated without a GPU.
 
-    python scripts/simulate_memory.py [--rows nouns-lora-16x1 ...] [--steps 2] [--offload-optimizer] [--pixels]
-                                      [--no-reference] [--results results.jsonl] [--output BENCHMARKS.md]
+    python scripts/simulate_memory.py [--rows nouns-lora-16x1 ...] [--steps 2] [--levers] [--offload full 8bit]
+                                      [--pixels] [--sims ours reference] [--results results.jsonl] [--output BENCHMARKS.md]
 
 Each row runs on fake CUDA tensors (shapes, dtypes and devices, no data) through the real code paths: our
 AmusedModule's training step placed as a single-GPU fit places it, and a replica of diffusers' train_amused.py
@@ -29,6 +29,7 @@ def _load_fake_cuda() -> None:
 _load_fake_cuda()
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -36,7 +37,7 @@ import traceback  # noqa: E402
 import torch  # noqa: E402
 
 from amused_lightning.memsim.common import SimResult, SimRow  # noqa: E402
-from amused_lightning.memsim.ours import simulate_ours  # noqa: E402
+from amused_lightning.memsim.ours import ALL_LEVERS, Levers, simulate_ours  # noqa: E402
 from amused_lightning.memsim.reference import simulate_reference  # noqa: E402
 
 from benchmark import GB, Row, publish, select_rows  # noqa: E402
@@ -55,13 +56,15 @@ def sim_row(row: Row) -> SimRow:
 
 def run(row: Row, args: argparse.Namespace) -> dict:
     """Both simulations of one row, with their times; a failure is recorded, not raised."""
-    record: dict = {"row": row.name, "seed_gb": row.seed_gb, "offload": args.offload_optimizer,
+    offload = row.mode in args.offload
+    levers = dataclasses.replace(ALL_LEVERS if args.levers else Levers(), offload=offload)
+    record: dict = {"row": row.name, "seed_gb": row.seed_gb, "levers": dataclasses.asdict(levers),
                     "pre_encoded": not args.pixels}
-    jobs = {"ours": lambda: simulate_ours(sim_row(row), args.steps, not args.pixels, args.offload_optimizer,
-                                          args.inference_steps)}
-    if not args.no_reference:
-        jobs["reference"] = lambda: simulate_reference(sim_row(row), args.steps, args.inference_steps)
+    jobs = {"ours": lambda: simulate_ours(sim_row(row), args.steps, not args.pixels, levers, args.inference_steps),
+            "reference": lambda: simulate_reference(sim_row(row), args.steps, args.inference_steps)}
     for name, job in jobs.items():
+        if name not in args.sims:
+            continue
         start = time.perf_counter()
         try:
             result: SimResult = job()
@@ -105,9 +108,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per row (2: optimizer state exists)")
     parser.add_argument("--inference-steps", type=int, default=2,
                         help="validation decoding steps (each has the same shapes; the recipes sample 12)")
-    parser.add_argument("--offload-optimizer", action="store_true", help="ours: OffloadedAdamW / OffloadedAdamW8bit")
+    parser.add_argument("--levers", action="store_true", help="ours: frozen weights cast before the move to the "
+                        "device, gradients released after each step, lean validation sampling (memory.py)")
+    parser.add_argument("--offload", nargs="*", default=[], choices=("full", "8bit"),
+                        help="ours: these modes' rows use OffloadedAdamW / OffloadedAdamW8bit (host-memory optimizer)")
     parser.add_argument("--pixels", action="store_true", help="ours: VQ and CLIP encoding every step, no cache")
-    parser.add_argument("--no-reference", action="store_true", help="simulate ours only")
+    parser.add_argument("--sims", nargs="+", default=["ours", "reference"], choices=("ours", "reference"),
+                        help="which simulations to run for each row")
     parser.add_argument("--results", help="append each row's full record (all phases) to this JSON-lines file")
     parser.add_argument("--output", help="append the table, with its environment, to this markdown file")
     args = parser.parse_args()
