@@ -1,7 +1,8 @@
 """Peak CUDA memory of every seed row, ours beside the reference script's, simulated without a GPU.
 
     python scripts/simulate_memory.py [--rows nouns-lora-16x1 ...] [--steps 2] [--levers] [--offload full 8bit]
-                                      [--pixels] [--sims ours reference] [--results results.jsonl] [--output BENCHMARKS.md]
+                                      [--pixels] [--sims ours reference] [--results results.jsonl] [--output FILE]
+    python scripts/simulate_memory.py --merge results.jsonl more-results.jsonl [--output BENCHMARKS.md]
 
 Each row runs on fake CUDA tensors (shapes, dtypes and devices, no data) through the real code paths: our
 AmusedModule's training step placed as a single-GPU fit places it, and a replica of diffusers' train_amused.py
@@ -75,31 +76,50 @@ def run(row: Row, args: argparse.Namespace) -> dict:
     return record
 
 
-def gb(record: dict, name: str) -> str:
+def gb(entry: dict | None) -> str:
     """A simulation's peak in GB with its phase, or why there is none."""
-    entry = record.get(name)
     if entry is None:
         return "not run"
     return f"{entry['peak'] / GB:.2f} ({entry['phase']})" if "peak" in entry else "failed"
 
 
-def ratio(record: dict, name: str, denominator: float | None) -> str:
-    """Our peak over `denominator` bytes."""
-    if not denominator or "peak" not in record.get(name, {}):
+def ratio(entry: dict | None, denominator: float | None) -> str:
+    """A simulated peak over `denominator` bytes."""
+    if not denominator or entry is None or "peak" not in entry:
         return "n/a"
-    return f"{record[name]['peak'] / denominator:.2f}"
+    return f"{entry['peak'] / denominator:.2f}"
 
 
-def table_line(record: dict) -> str:
-    """One markdown row: seed, reference, ours and the two ratios."""
-    reference = record.get("reference", {}).get("peak")
-    seed = record["seed_gb"] * GB if record["seed_gb"] else None
-    return (f"| {record['row']} | {record['seed_gb'] or 'n/a'} | {gb(record, 'reference')} | {gb(record, 'ours')} | "
-            f"{ratio(record, 'ours', reference)} | {ratio(record, 'ours', seed)} |")
+def merged(records: list[dict]) -> dict[str, dict]:
+    """Per row: the reference, ours as today, and ours with the levers on, from the records of any runs."""
+    rows: dict[str, dict] = {}
+    for record in records:
+        row = rows.setdefault(record["row"], {"seed_gb": record["seed_gb"]})
+        if "reference" in record:
+            row["reference"] = record["reference"]
+        if "ours" in record:
+            levers = record.get("levers", {})  # records written before the levers existed have none
+            row["levers" if levers.get("release_gradients") else "today"] = record["ours"]
+            if levers.get("release_gradients"):
+                row["offload"] = levers["offload"]
+    return rows
 
 
-HEADER = ("| row | seed GB | reference simulated GB (phase of the peak) | ours simulated GB (phase of the peak) | "
-          "ours / reference | ours / seed |\n|---|---|---|---|---|---|")
+HEADER = ("| row | seed GB | reference GB (phase of the peak) | ours today GB (phase) | ours with the levers GB "
+          "(phase) | ours / reference | ours / seed |\n|---|---|---|---|---|---|---|")
+
+
+def table(records: list[dict]) -> str:
+    """Markdown table: seed, reference, ours today, ours with the levers, and the two ratios of the latter."""
+    lines = [HEADER]
+    for name, row in merged(records).items():
+        ours = row.get("levers") or row.get("today")
+        reference = row.get("reference", {}).get("peak")
+        seed = row["seed_gb"] * GB if row["seed_gb"] else None
+        offload = " [host optimizer]" if row.get("offload") else ""
+        lines.append(f"| {name} | {row['seed_gb'] or 'n/a'} | {gb(row.get('reference'))} | {gb(row.get('today'))} | "
+                     f"{gb(row.get('levers'))}{offload} | {ratio(ours, reference)} | {ratio(ours, seed)} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -116,22 +136,28 @@ def main() -> None:
     parser.add_argument("--sims", nargs="+", default=["ours", "reference"], choices=("ours", "reference"),
                         help="which simulations to run for each row")
     parser.add_argument("--results", help="append each row's full record (all phases) to this JSON-lines file")
+    parser.add_argument("--merge", nargs="+", metavar="RESULTS",
+                        help="no simulation: the table of earlier runs' --results files (reference, ours today, ours "
+                             "with the levers side by side)")
     parser.add_argument("--output", help="append the table, with its environment, to this markdown file")
     args = parser.parse_args()
     torch.set_num_threads(1)  # fake tensors compute nothing: more threads only contend
+    if args.merge:
+        records = [json.loads(line) for path in args.merge for line in Path(path).read_text().splitlines()]
+        publish("Simulated CUDA peak", table(records), args.output)
+        return
     try:
         rows = select_rows(args.rows)
     except ValueError as error:
         parser.error(str(error))
-    lines = [HEADER]
+    records = []
     for row in rows:
-        record = run(row, args)
+        records.append(run(row, args))
         if args.results:
             with open(args.results, "a") as file:
-                file.write(json.dumps(record) + "\n")
-        lines.append(table_line(record))
-        print(lines[-1], flush=True)
-    publish("Simulated CUDA peak", "\n".join(lines), args.output)
+                file.write(json.dumps(records[-1]) + "\n")
+        print(table(records[-1:]).splitlines()[-1], flush=True)
+    publish("Simulated CUDA peak", table(records), args.output)
 
 
 if __name__ == "__main__":

@@ -53,10 +53,11 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
 
 
-def autocast(precision: str) -> torch.autocast:
-    """The forward context of `precision` on the fake device."""
+def autocast(precision: str, cache_enabled: bool) -> torch.autocast:
+    """The forward context of `precision` on the fake device. The cache keeps one low-precision copy of every trained
+    weight until the context closes: accelerate leaves it on (torch's default), Lightning turns it off."""
     dtype = autocast_dtype(precision)
-    return torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None)
+    return torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=cache_enabled)
 
 
 def image_grid(resolution: int, pixels_per_token: int) -> int:

@@ -108,7 +108,7 @@ def train_steps(module: AmusedModule, optimizer: torch.optim.Optimizer, row: Sim
                     move(part, "cpu")
                 parked = True
             phase = "forward" if pre_encoded else "forward (VQ and CLIP encoding included)"
-            with tracker.phase(phase), autocast(row.precision):
+            with tracker.phase(phase), autocast(row.precision, cache_enabled=False):
                 loss = module.training_step(batch, step * row.accumulation + micro) / row.accumulation
             if micro == 0:
                 optimizer.zero_grad(set_to_none=True)
@@ -127,7 +127,7 @@ def validation_sampling(module: AmusedModule, row: SimRow, tracker: MemoryTracke
                         lean: bool) -> None:
     """The frozen parts back on the device and the recipe's prompts sampled and decoded, as `generate` does; `lean`:
     CLIP on the device only while it encodes, only the VQ decoder side back, one image decoded at a time."""
-    with tracker.phase("validation sampling"), torch.no_grad(), autocast(row.precision):
+    with tracker.phase("validation sampling"), torch.no_grad(), autocast(row.precision, cache_enabled=False):
         move(module.text_encoder, DEVICE)
         if not lean:
             move(module.vqvae, DEVICE)

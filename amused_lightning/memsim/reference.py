@@ -41,7 +41,7 @@ class AcceleratedForward(nn.Module):
         self.model, self.precision = model, precision
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        with autocast(self.precision):
+        with autocast(self.precision, cache_enabled=True):
             out = self.model(*args, **kwargs)
         return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
 
