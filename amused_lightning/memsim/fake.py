@@ -61,13 +61,16 @@ def fake_cuda() -> Iterator[MemoryTracker]:
     """Fake CUDA tensors (no data) with a tracker of their live bytes; autocast("cuda") and flash SDPA enabled."""
     check_fake_cuda_loaded()
     amp = torch.cuda.amp.common
-    saved = amp.amp_definitely_not_available, F.scaled_dot_product_attention, torch.cuda.synchronize
+    saved = (amp.amp_definitely_not_available, F.scaled_dot_product_attention, torch.cuda.synchronize,
+             torch.cuda.is_bf16_supported)
     amp.amp_definitely_not_available = lambda: False  # else autocast("cuda") turns itself off on a CPU build
     F.scaled_dot_product_attention = flash_attention
     torch.cuda.synchronize = lambda device=None: None  # bitsandbytes synchronises around its kernels
+    torch.cuda.is_bf16_supported = lambda including_emulation=True: True  # a bf16-capable GPU (Ampere and later)
     tracker = MemoryTracker("cuda")
     try:
         with FakeTensorMode(allow_non_fake_inputs=True), tracker:
             yield tracker
     finally:
-        amp.amp_definitely_not_available, F.scaled_dot_product_attention, torch.cuda.synchronize = saved
+        (amp.amp_definitely_not_available, F.scaled_dot_product_attention, torch.cuda.synchronize,
+         torch.cuda.is_bf16_supported) = saved
