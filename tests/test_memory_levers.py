@@ -21,12 +21,12 @@ def encoded_samples(count: int) -> list[dict[str, torch.Tensor]]:
 
 
 def fit_tiny(callbacks: list[L.Callback]) -> tuple[AmusedModule, list]:
-    """Three optimizer steps of two accumulated micro-batches on `tiny`; the module and its gradients at the end."""
+    """Two optimizer steps of two accumulated micro-batches on `tiny`; the module and its gradients at the end."""
     module = AmusedModule(lr_warmup_steps=0)
-    trainer = L.Trainer(accelerator="cpu", max_steps=3, accumulate_grad_batches=2, logger=False,
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, accumulate_grad_batches=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, callbacks=callbacks)
-    trainer.fit(module, DataLoader(encoded_samples(12), batch_size=2))
+    trainer.fit(module, DataLoader(encoded_samples(8), batch_size=2))
     return module, [p.grad for p in module.transformer.parameters()]
 
 
