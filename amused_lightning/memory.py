@@ -16,7 +16,7 @@ import torch
 from diffusers import VQModel
 from torch import nn
 
-from amused_lightning.generation import decode_image_tokens
+from amused_lightning.decoding import decode_image_tokens
 
 
 class ReleaseGradients(L.Callback):

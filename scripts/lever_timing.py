@@ -15,7 +15,7 @@ import time
 import torch
 
 from amused_lightning.components import load_frozen_encoders
-from amused_lightning.generation import decode_image_tokens
+from amused_lightning.decoding import decode_image_tokens
 from amused_lightning.memory import decode_in_chunks
 
 TRANSFORMER_PARAMS = 603_537_664

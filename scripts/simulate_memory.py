@@ -14,7 +14,6 @@ report and the phase that set it. Needs g++ (the fake CUDA runtime is compiled o
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 

@@ -6,7 +6,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from amused_lightning.generation import decode_image_tokens
+from amused_lightning.args import LRScheduleArgs
+from amused_lightning.decoding import decode_image_tokens
 from amused_lightning.memory import ReleaseGradients, decode_in_chunks, sampling_parts
 from amused_lightning.module import AmusedModule
 
@@ -22,7 +23,7 @@ def encoded_samples(count: int) -> list[dict[str, torch.Tensor]]:
 
 def fit_tiny(callbacks: list[L.Callback]) -> tuple[AmusedModule, list]:
     """Two optimizer steps of two accumulated micro-batches on `tiny`; the module and its gradients at the end."""
-    module = AmusedModule(lr_warmup_steps=0)
+    module = AmusedModule(lr_schedule=LRScheduleArgs(warmup_steps=0))
     trainer = L.Trainer(accelerator="cpu", max_steps=2, accumulate_grad_batches=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, callbacks=callbacks)

@@ -16,15 +16,26 @@ import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from amused_lightning.adapters import LoraSettings
+from amused_lightning.args import LRScheduleArgs, MemoryArgs
+from amused_lightning.decoding import GenerationSettings, decode_image_tokens, generate_tokens
 from amused_lightning.encoding import encode_prompts, pixels_per_token, tokenize_prompts
-from amused_lightning.generation import GenerationSettings, decode_image_tokens, generate_tokens
 from amused_lightning.memory import decode_in_chunks, sampling_parts
-from amused_lightning.memsim.common import (DEVICE, SimResult, SimRow, autocast, autocast_dtype, encoded_batch,
-                                            image_grid, pixel_batch, simulated_micro_batches)
+from amused_lightning.memsim.common import (
+    DEVICE,
+    SimResult,
+    SimRow,
+    autocast,
+    autocast_dtype,
+    encoded_batch,
+    image_grid,
+    pixel_batch,
+    simulated_micro_batches,
+)
 from amused_lightning.memsim.fake import built_on_meta, fake_cuda, move
 from amused_lightning.memsim.tracker import MemoryTracker
 from amused_lightning.module import AmusedModule
 from amused_lightning.offload import OffloadedAdamW, OffloadedAdamW8bit
+from amused_lightning.placement import cast_frozen_weights, unused_frozen_parts
 
 
 @dataclass(frozen=True)
@@ -62,8 +73,8 @@ def our_module(row: SimRow, offload: bool = False) -> AmusedModule:
     """The row's module with our defaults, built on the meta device."""
     lora = LoraSettings(r=16, alpha=row.lora_alpha) if row.mode == "lora" else None
     return built_on_meta(lambda: AmusedModule(pretrained=row.preset, optimizer=optimizer_factory(row.mode, offload),
-                                              lora=lora, gradient_checkpointing=row.checkpointing,
-                                              lr_warmup_steps=0))
+                                              lora=lora, memory=MemoryArgs(gradient_checkpointing=row.checkpointing),
+                                              lr_schedule=LRScheduleArgs(warmup_steps=0)))
 
 
 def training_batch(module: AmusedModule, row: SimRow, pre_encoded: bool) -> dict[str, torch.Tensor]:
@@ -81,12 +92,12 @@ def place_for_fit(module: AmusedModule, row: SimRow, tracker: MemoryTracker,
     dtype = autocast_dtype(row.precision)
     if cast_before_move and dtype is not None:
         with unset_fake_temporarily():
-            module.cast_frozen_weights(dtype)
+            cast_frozen_weights(module, dtype)
     with tracker.phase("fit start"):
         module.to_empty(device=DEVICE)
         module._device = DEVICE  # what the strategy's `module.to(device)` records (`to` cannot swap fake tensors)
         if dtype is not None and not cast_before_move:
-            module.cast_frozen_weights(dtype)
+            cast_frozen_weights(module, dtype)
         with unset_fake_temporarily():  # bitsandbytes computes its quantisation maps at construction
             return module.build_optimizer()
 
@@ -104,7 +115,7 @@ def train_steps(module: AmusedModule, optimizer: torch.optim.Optimizer, row: Sim
             with tracker.phase("batch to device"):
                 batch = training_batch(module, row, pre_encoded)
             if not parked:  # on_train_batch_start, once
-                for part in module.frozen_parts_unused_by(batch):
+                for part in unused_frozen_parts(module.vqvae, module.text_encoder, module.text_encoder_trains, batch):
                     move(part, "cpu")
                 parked = True
             phase = "forward" if pre_encoded else "forward (VQ and CLIP encoding included)"

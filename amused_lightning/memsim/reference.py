@@ -22,10 +22,18 @@ from torch import nn
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 from transformers import CLIPTextModelWithProjection
 
+from amused_lightning.decoding import GenerationSettings, decode_image_tokens, generate_tokens
 from amused_lightning.encoding import pixels_per_token
-from amused_lightning.generation import GenerationSettings, decode_image_tokens, generate_tokens
-from amused_lightning.memsim.common import (CLIP_LENGTH, DEVICE, SimResult, SimRow, autocast, autocast_dtype,
-                                            pixel_batch, simulated_micro_batches)
+from amused_lightning.memsim.common import (
+    CLIP_LENGTH,
+    DEVICE,
+    SimResult,
+    SimRow,
+    autocast,
+    autocast_dtype,
+    pixel_batch,
+    simulated_micro_batches,
+)
 from amused_lightning.memsim.fake import built_on_meta, fake_cuda
 from amused_lightning.memsim.tracker import MemoryTracker
 from amused_lightning.presets import PRESETS, clip_text_config
