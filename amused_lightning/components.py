@@ -11,6 +11,7 @@ from diffusers import AmusedScheduler, UVit2DModel, VQModel
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from amused_lightning.encoding import pixels_per_token
+from amused_lightning.errors import UserError
 from amused_lightning.presets import PRESETS, byte_level_clip_tokenizer, clip_text_config
 from amused_lightning.seeding import derive_seed
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 SUBFOLDERS = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
 
 
-class ComponentLoadError(RuntimeError):
+class ComponentLoadError(UserError, RuntimeError):
     """A component could not be loaded from the source named in `model.pretrained`."""
 
 
