@@ -123,7 +123,8 @@ class AmusedCLI(LightningCLI):
         # Validate the final weights unless the last step was just validated, or this fit resumed a finished run
         # and trained no step (the fit that reached that step validated it).
         limit, step = self.trainer.limit_val_batches, self.trainer.global_step
-        resumed_finished = self.config[self.subcommand].get("ckpt_path") is not None and self.start_step.step == step
+        trained_none = self.start_step.step in (None, step)  # None: the fit loop had nothing left to run
+        resumed_finished = self.config[self.subcommand].get("ckpt_path") is not None and trained_none
         if limit and self.model.last_validated_step != step and not resumed_finished:
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
 

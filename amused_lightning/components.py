@@ -146,8 +146,8 @@ def _load(cls, pretrained: str, subfolder: str, config_only: bool = False, **kwa
                 f"model.pretrained={pretrained!r}: could not load {subfolder}/ ({error})"
             ) from error
         raise ComponentLoadError(
-            f"model.pretrained={pretrained!r}: could not load {subfolder}/ from the Hugging Face Hub, which is "
-            f"unreachable or does not have it. Download the pipeline elsewhere "
+            f"model.pretrained={pretrained!r} is no local folder (no such path) and {subfolder}/ could not be loaded "
+            f"from the Hugging Face Hub, which is unreachable or does not have it. Download the pipeline elsewhere "
             f"(`huggingface-cli download {pretrained} --local-dir <folder>`) and pass model.pretrained=<folder>, "
             f"or use a preset ({', '.join(PRESETS)}). Cause: {error}"
         ) from error

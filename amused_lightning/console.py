@@ -24,6 +24,18 @@ class Console:
     debug: bool = False
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the `sys.stderr` of the moment, which tests and notebooks replace."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def take_switches(argv: list[str]) -> tuple[Console, list[str]]:
     """The output switches wherever they stand in `argv` (before a `--`), and the other arguments in order."""
     verbosity = os.environ.get(VERBOSITY_ENV, "normal")
@@ -44,12 +56,10 @@ def take_switches(argv: list[str]) -> tuple[Console, list[str]]:
 def configure(console: Console) -> None:
     """Route our `logging` messages to stderr at the chosen level; silence known-harmless ones unless verbose."""
     ours = logging.getLogger("amused_lightning")
-    if not any(getattr(h, "amused_lightning", False) for h in ours.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in ours.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.amused_lightning = True  # type: ignore[attr-defined]
         ours.addHandler(handler)
-        ours.propagate = False
     ours.setLevel(LEVELS[console.verbosity])
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(LIGHTNING_LEVELS[console.verbosity])

@@ -13,6 +13,8 @@ HARMLESS_WARNINGS = (
     # mid-epoch resume is exact; Lightning only looks for a stateful DataLoader.
     (r"You're resuming from a checkpoint that ended before the epoch ended and your dataloader is not resumable",
      UserWarning),
+    # A fresh fit refuses a run folder that holds checkpoints (AmusedCLI.before_fit): only a resumed fit meets one.
+    (r"Checkpoint directory .* exists and is not empty", UserWarning),
     # The command table hands LightningCLI the arguments that follow the command name, which sys.argv also holds.
     (r"LightningCLI's args parameter is intended", UserWarning),
 )

@@ -114,9 +114,10 @@ def test_fit_shows_steps_and_resume_appends_to_the_run(finished_run, toy_dataset
     assert "step 1/2  loss " in err and "step 2/2  loss " in err, err
     export = finished_run / "export" / "model_index.json"
     stamp, validated = export.stat().st_mtime_ns, scalars(finished_run, "val/loss")
-    main(tiny_fit(finished_run, toy_dataset, "--trainer.max_steps", "2", "--ckpt_path", "last"))
+    resume = ("--checkpoint.every_n_train_steps", "1", "--ckpt_path", "last")
+    main(tiny_fit(finished_run, toy_dataset, "--trainer.max_steps", "2", *resume))
     assert scalars(finished_run, "val/loss") == validated, "a finished run resumed re-validates nothing"
-    main(tiny_fit(finished_run, toy_dataset, "--trainer.max_steps", "3", "--ckpt_path", "last"))
+    main(tiny_fit(finished_run, toy_dataset, "--trainer.max_steps", "3", *resume))
     assert [p.name for p in (finished_run / "lightning_logs").iterdir()] == ["version_0"]
     assert [step for step, _ in scalars(finished_run, "train/loss")] == [0, 1, 2]
     assert [step for step, _ in scalars(finished_run, "val/loss")] == [2, 3]
@@ -131,9 +132,10 @@ def test_validate_prints_scores_and_generate_prints_paths(finished_run, toy_data
           "--data.batch_size", "4", "--trainer.enable_progress_bar", "false", "--ckpt_path", checkpoint])
     out = capsys.readouterr().out
     assert f"held-out scores of {checkpoint}:" in out and "\nmean " in out and "\n25 " in out, out
-    written = main(["generate", "a cat", "--checkpoint", checkpoint, "-o", str(tmp_path / "pics"), "--steps", "1",
-                    "--resolution", "32"])
-    assert capsys.readouterr().out.splitlines() == [f"wrote {path}" for path in written]
+    main(["generate", "a cat", "a dog", "--checkpoint", checkpoint, "-o", str(tmp_path / "pics"), "--steps", "1",
+          "--resolution", "32"])
+    written = sorted((tmp_path / "pics").iterdir())
+    assert capsys.readouterr().out.splitlines() == [f"wrote {path}" for path in written] and len(written) == 2
 
 
 def test_options_that_do_not_apply_are_refused(finished_run, tmp_path, capsys):
