@@ -33,17 +33,21 @@ def checkpoint_dir(default_root_dir: str | None) -> str:
     return str(Path(default_root_dir or ".") / "checkpoints")
 
 
+def given_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
+    """trainer.callbacks as a list."""
+    given = trainer_config.get("callbacks") or []
+    return given if isinstance(given, list) else [given]
+
+
 def display_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
     """Progress in optimizer steps, and a model summary sent through `logging` (so -q hides it), unless turned off
     or given in trainer.callbacks."""
-    given = trainer_config.get("callbacks") or []
-    given = given if isinstance(given, list) else [given]
-    added: list[Callback] = []
+    given, added = given_callbacks(trainer_config), []
     if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
         added.append(StepProgress())
     if trainer_config.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in given):
         added.append(ModelSummary())
-    return [*given, *added]
+    return added
 
 
 class AmusedCLI(LightningCLI):
@@ -96,7 +100,10 @@ class AmusedCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
-        kwargs.setdefault("callbacks", [*display_callbacks(config), self.start_step])
+        added = display_callbacks(config)
+        kwargs.setdefault("callbacks", [*given_callbacks(config), *added, self.start_step])
+        if any(isinstance(c, ModelSummary) for c in added):
+            kwargs.setdefault("enable_model_summary", False)  # ours is in the list: Lightning need not add its own
         if self.subcommand == "fit" and config.get("logger") in (None, True):
             resuming = self.config[self.subcommand].get("ckpt_path") is not None
             kwargs.setdefault("logger", run_logger(config.get("default_root_dir") or ".", resuming))

@@ -9,6 +9,8 @@ import argparse
 import json
 import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import diffusers
@@ -19,6 +21,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextModelWithProjection
+from transformers.utils import logging as transformers_logging
 
 from amused_lightning.adapters import has_lora, lora_metadata, lora_state_dict
 from amused_lightning.components import SUBFOLDERS, Components
@@ -73,10 +76,23 @@ def clean_copy(cls, model: nn.Module, merge_lora: bool) -> nn.Module:
     return fresh
 
 
+@contextmanager
+def no_shard_bars() -> Iterator[None]:
+    """Without transformers' "Writing model shards" bar (one per transformers model saved): noise in our output."""
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def write_pipeline(parts: Components, folder: Path, merge_lora: bool) -> Path:
     """A folder `AmusedPipeline.from_pretrained` loads; unmerged adapters go beside it as the LoRA file."""
-    clean_copy(UVit2DModel, parts.transformer, merge_lora).save_pretrained(folder / "transformer")
-    clean_copy(CLIPTextModelWithProjection, parts.text_encoder, merge_lora).save_pretrained(folder / "text_encoder")
+    with no_shard_bars():
+        clean_copy(UVit2DModel, parts.transformer, merge_lora).save_pretrained(folder / "transformer")
+        clean_copy(CLIPTextModelWithProjection, parts.text_encoder, merge_lora).save_pretrained(folder / "text_encoder")
     parts.vqvae.save_pretrained(folder / "vqvae")
     parts.tokenizer.save_pretrained(folder / "tokenizer")
     parts.scheduler.save_pretrained(folder / "scheduler")
