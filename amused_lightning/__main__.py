@@ -7,7 +7,7 @@ import importlib
 import sys
 from typing import NamedTuple
 
-from amused_lightning.console import Console, configure, take_switches
+from amused_lightning.console import Console, apply_lightning_level, configure, take_switches
 from amused_lightning.errors import one_line, user_error_types
 
 
@@ -37,7 +37,7 @@ def usage() -> str:
             f"Finetune aMUSEd with Lightning.\n\ncommands:\n{rows}\n\n"
             "`python -m amused_lightning COMMAND --help` describes each one.\n\n"
             "output, with any command:\n"
-            "  -q, --quiet    warnings and errors only (or AMUSED_LIGHTNING_VERBOSITY=quiet)\n"
+            "  -q, --quiet    warnings, errors and progress only (or AMUSED_LIGHTNING_VERBOSITY=quiet)\n"
             "  -v, --verbose  also debug messages, and third-party notices hidden by default\n"
             "  --debug        show the traceback of a mistake in the settings (or AMUSED_LIGHTNING_DEBUG=1)")
 
@@ -46,7 +46,9 @@ def run(command: str, argv: list[str], console: Console) -> None:
     """Run `command`; a mistake in what the user asked for ends with one `error:` line and exit code 2."""
     module, function = COMMANDS[command].target.split(":")
     try:
-        getattr(importlib.import_module(module), function)(argv)
+        target = getattr(importlib.import_module(module), function)
+        apply_lightning_level(console)
+        target(argv)
     except Exception as error:
         if console.debug or not isinstance(error, user_error_types()):
             raise

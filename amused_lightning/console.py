@@ -61,7 +61,11 @@ def configure(console: Console) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         ours.addHandler(handler)
     ours.setLevel(LEVELS[console.verbosity])
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(LIGHTNING_LEVELS[console.verbosity])
     if console.verbosity != "verbose":
         silence_harmless_messages()
+
+
+def apply_lightning_level(console: Console) -> None:
+    """Lightning's loggers at the chosen level; call after Lightning is imported, which sets its own level."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(LIGHTNING_LEVELS[console.verbosity])

@@ -179,7 +179,8 @@ class StepProgress(ProgressBar):
         self.rate.resume()
         if not self.is_enabled or trainer.sanity_checking:
             return
+        # Validations of a fit, the one after its last step included; `validate` prints its own table.
         metrics = trainer.callback_metrics
-        if trainer.state.fn == "fit" and "val/loss" in metrics:
+        if self.printer is not None and "val/loss" in metrics:
             scores = ", ".join(f"{k} {float(metrics[k]):.4f}" for k in ("val/loss", "val/accuracy") if k in metrics)
-            (self.printer or Printer(self.stream)).message(f"validation at step {trainer.global_step}: {scores}")
+            self.printer.message(f"validation at step {trainer.global_step}: {scores}")

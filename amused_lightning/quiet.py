@@ -15,6 +15,9 @@ HARMLESS_WARNINGS = (
      UserWarning),
     # A fresh fit refuses a run folder that holds checkpoints (AmusedCLI.before_fit): only a resumed fit meets one.
     (r"Checkpoint directory .* exists and is not empty", UserWarning),
+    # `validate` (or a resumed fit) in another trainer.default_root_dir: the checkpoint callback's own bookkeeping of
+    # the old folder is dropped, which changes nothing here (checkpoints are found through default_root_dir).
+    (r"The dirpath has changed from", UserWarning),
     # The command table hands LightningCLI the arguments that follow the command name, which sys.argv also holds.
     (r"LightningCLI's args parameter is intended", UserWarning),
 )
