@@ -99,8 +99,9 @@ class AmusedCLI(LightningCLI):
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, with our progress display and summary, and for `fit` one TensorBoard run across resumes."""
         config = self._get(self.config_init, "trainer", default={})
-        added = display_callbacks(config)
+        added, self.start_step = display_callbacks(config), StartStep()
         kwargs.setdefault("callbacks", [*given_callbacks(config), *added, self.start_step])
         if any(isinstance(c, ModelSummary) for c in added):
             kwargs.setdefault("enable_model_summary", False)  # ours is in the list: Lightning need not add its own
@@ -108,12 +109,6 @@ class AmusedCLI(LightningCLI):
             resuming = self.config[self.subcommand].get("ckpt_path") is not None
             kwargs.setdefault("logger", run_logger(config.get("default_root_dir") or ".", resuming))
         return super().instantiate_trainer(**kwargs)
-
-    @property
-    def start_step(self) -> StartStep:
-        if not hasattr(self, "_start_step"):
-            self._start_step = StartStep()
-        return self._start_step
 
     def before_fit(self) -> None:
         check_ckpt_path(self.config[self.subcommand].get("ckpt_path"))

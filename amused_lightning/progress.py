@@ -83,18 +83,22 @@ class Rate:
         self.paused = 0.0
 
     def add(self, count: int) -> None:
+        """Record that `count` events are done by now."""
         self.samples.append((time.monotonic() - self.paused, count))
 
     def pause(self) -> None:
+        """Stop the clock (a validation starts)."""
         self.paused_at = time.monotonic()
 
     def resume(self) -> None:
+        """Restart the clock, leaving the pause out of the rate."""
         if self.paused_at is not None:
             self.paused += time.monotonic() - self.paused_at
             self.paused_at = None
 
     @property
     def per_second(self) -> float | None:
+        """Events per second over the window; None until two samples are in."""
         if len(self.samples) < 2 or self.samples[-1][0] <= self.samples[0][0]:
             return None
         return (self.samples[-1][1] - self.samples[0][1]) / (self.samples[-1][0] - self.samples[0][0])
@@ -165,8 +169,10 @@ class StepProgress(ProgressBar):
             return
         self._shown_step = trainer.global_step
         self.rate.add(trainer.global_step)
-        first = len(self.rate.samples) == 2
-        self.printer.update(self._line(trainer), force=first or trainer.global_step == trainer.max_steps)
+        first, last = len(self.rate.samples) == 2, trainer.global_step == trainer.max_steps
+        self.printer.update(self._line(trainer), force=first or last)
+        if last:
+            self.printer.end()  # Lightning's "fit stopped" note comes next: on a line of its own
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.printer is not None:
