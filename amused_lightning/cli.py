@@ -95,7 +95,7 @@ class AmusedCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         # A process-wide switch, so it belongs to the entry point rather than to the model.
-        if self.config[self.subcommand].get("allow_tf32"):
+        if self._get(self.config, "allow_tf32"):  # _get: also without a subcommand (cli_main(run=False))
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -106,7 +106,7 @@ class AmusedCLI(LightningCLI):
         if any(isinstance(c, ModelSummary) for c in added):
             kwargs.setdefault("enable_model_summary", False)  # ours is in the list: Lightning need not add its own
         if self.subcommand == "fit" and config.get("logger") in (None, True):
-            resuming = self.config[self.subcommand].get("ckpt_path") is not None
+            resuming = self._get(self.config, "ckpt_path") is not None
             kwargs.setdefault("logger", run_logger(config.get("default_root_dir") or ".", resuming))
         return super().instantiate_trainer(**kwargs)
 
