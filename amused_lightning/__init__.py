@@ -1,6 +1,16 @@
 """PyTorch Lightning finetuning for aMUSEd masked-image-token models."""
 
-from amused_lightning.data import AmusedDataModule
-from amused_lightning.module import AmusedModule
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["AmusedDataModule", "AmusedModule"]
+# Imported on first use: `python -m amused_lightning --help` (and export, generate) need neither.
+_LAZY = {"AmusedDataModule": "amused_lightning.data", "AmusedModule": "amused_lightning.module"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'amused_lightning' has no attribute {name!r}")

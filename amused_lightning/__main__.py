@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from typing import NamedTuple
+
+from amused_lightning.console import Console, apply_lightning_level, configure, take_switches
+from amused_lightning.errors import one_line, user_error_types
 
 
 class Command(NamedTuple):
@@ -29,20 +33,42 @@ COMMANDS = {
 def usage() -> str:
     """The command table, as `--help` prints it."""
     rows = "\n".join(f"  {name:<10}{command.summary}" for name, command in COMMANDS.items())
-    return (f"usage: python -m amused_lightning COMMAND [--help] ...\n\nFinetune aMUSEd with Lightning.\n\n"
-            f"commands:\n{rows}\n\n`python -m amused_lightning COMMAND --help` describes each one.")
+    return (f"usage: python -m amused_lightning COMMAND [--help] [-q | -v] [--debug] ...\n\n"
+            f"Finetune aMUSEd with Lightning.\n\ncommands:\n{rows}\n\n"
+            "`python -m amused_lightning COMMAND --help` describes each one.\n\n"
+            "output, with any command:\n"
+            "  -q, --quiet    warnings, errors and progress only (or AMUSED_LIGHTNING_VERBOSITY=quiet)\n"
+            "  -v, --verbose  also debug messages, and third-party notices hidden by default\n"
+            "  --debug        show the traceback of a mistake in the settings (or AMUSED_LIGHTNING_DEBUG=1)")
+
+
+def run(command: str, argv: list[str], console: Console) -> None:
+    """Run `command`; a mistake in what the user asked for ends with one `error:` line and exit code 2."""
+    module, function = COMMANDS[command].target.split(":")
+    try:
+        target = getattr(importlib.import_module(module), function)
+        apply_lightning_level(console)
+        target(argv)
+    except Exception as error:
+        if console.debug or not isinstance(error, user_error_types()):
+            raise
+        parsing = isinstance(error, argparse.ArgumentError)
+        hint = f" (see `python -m amused_lightning {command} --help`)" if parsing else ""
+        print(one_line(error) + hint, file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    console, argv = take_switches(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return
     if argv[0] not in COMMANDS:
-        print(f"{usage()}\n\nerror: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)} "
+              "(see `python -m amused_lightning --help`)", file=sys.stderr)
         raise SystemExit(2)
-    module, function = COMMANDS[argv[0]].target.split(":")
-    getattr(importlib.import_module(module), function)(argv[1:])
+    configure(console)
+    run(argv[0], argv[1:], console)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from torch import nn
 
+from amused_lightning.errors import SettingError
+
 
 @dataclass
 class LoraSettings:
@@ -45,13 +47,13 @@ def lora_config(settings: LoraSettings) -> LoraConfig:
 def check_lora_settings(settings: LoraSettings, model: nn.Module, setting: str) -> None:
     """Reject a rank, alpha or dropout out of range, or a target that names no linear layer of `model`."""
     if settings.r < 1 or settings.alpha <= 0 or not 0.0 <= settings.dropout < 1.0:
-        raise ValueError(f"{setting}: r={settings.r} must be >= 1, alpha={settings.alpha} > 0 and "
-                         f"dropout={settings.dropout} in [0, 1)")
+        raise SettingError(f"{setting}: r={settings.r} must be >= 1, alpha={settings.alpha} > 0 and "
+                           f"dropout={settings.dropout} in [0, 1)")
     linear_names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     unmatched = [target for target in settings.target_modules if target not in linear_names]
     if unmatched or not settings.target_modules:
-        raise ValueError(f"{setting}.target_modules={list(settings.target_modules)}: {unmatched or 'empty'} "
-                         f"match no linear layer; choose among {sorted(linear_names)}")
+        raise SettingError(f"{setting}.target_modules={list(settings.target_modules)}: {unmatched or 'empty'} "
+                           f"match no linear layer; choose among {sorted(linear_names)}")
 
 
 def add_lora(model: nn.Module, settings: LoraSettings) -> None:
@@ -90,12 +92,12 @@ def load_lora_file(path: Path, models: dict[str, nn.Module]) -> list[str]:
             continue
         config = {k[len(prefix) + 1:]: v for k, v in metadata.items() if k.startswith(prefix + ".")}
         if not config:
-            raise ValueError(f"{path}: no LoRA config for {prefix!r} in the file's metadata (lora_adapter_metadata)")
+            raise SettingError(f"{path}: no LoRA config for {prefix!r} in the file's metadata (lora_adapter_metadata)")
         inject_adapter_in_model(LoraConfig(**config), model, adapter_name="default")
         result = set_peft_model_state_dict(model, state, adapter_name="default")
         if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"{path}: {prefix} weights that fit no adapter: {result.unexpected_keys[:3]}")
+            raise SettingError(f"{path}: {prefix} weights that fit no adapter: {result.unexpected_keys[:3]}")
         loaded.append(prefix)
     if not loaded:
-        raise ValueError(f"{path} holds no transformer. or text_encoder. LoRA weights")
+        raise SettingError(f"{path} holds no transformer. or text_encoder. LoRA weights")
     return loaded

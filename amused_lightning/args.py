@@ -7,6 +7,7 @@ from typing import Any
 
 from amused_lightning.adapters import TextEncoderLoraSettings
 from amused_lightning.decoding import GenerationSettings, check_generation_settings
+from amused_lightning.errors import SettingError
 from amused_lightning.optim import LR_SCHEDULES
 
 
@@ -28,9 +29,9 @@ class LRScheduleArgs:
 
     def __post_init__(self) -> None:
         if self.name not in LR_SCHEDULES:
-            raise ValueError(f"model.lr_schedule.name={self.name!r} is not one of {list(LR_SCHEDULES)}")
+            raise SettingError(f"model.lr_schedule.name={self.name!r} is not one of {list(LR_SCHEDULES)}")
         if self.warmup_steps < 0:
-            raise ValueError(f"model.lr_schedule.warmup_steps={self.warmup_steps} must not be negative")
+            raise SettingError(f"model.lr_schedule.warmup_steps={self.warmup_steps} must not be negative")
 
 
 @dataclass
@@ -45,7 +46,8 @@ class TextEncoderArgs:
     def __post_init__(self) -> None:
         self.lora = as_settings(TextEncoderLoraSettings, self.lora)
         if self.lora is not None and not self.train:
-            raise ValueError("model.text_encoder.lora is set but model.text_encoder.train=False: set both to train it")
+            raise SettingError("model.text_encoder.lora is set but model.text_encoder.train=False: "
+                               "set both to train it")
 
 
 @dataclass
@@ -60,7 +62,7 @@ class ObjectiveArgs:
     def __post_init__(self) -> None:
         for name in ("min_masking_rate", "cond_dropout_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"model.objective.{name}={getattr(self, name)} must lie in [0, 1]")
+                raise SettingError(f"model.objective.{name}={getattr(self, name)} must lie in [0, 1]")
 
 
 @dataclass
@@ -78,7 +80,7 @@ class MemoryArgs:
 
     def __post_init__(self) -> None:
         if self.vq_chunk_size is not None and self.vq_chunk_size < 1:
-            raise ValueError(f"model.memory.vq_chunk_size={self.vq_chunk_size} must be a positive number of images")
+            raise SettingError(f"model.memory.vq_chunk_size={self.vq_chunk_size} must be a positive number of images")
 
 
 @dataclass
@@ -96,4 +98,4 @@ class ValidationArgs:
         self.generation = as_settings(GenerationSettings, self.generation)
         check_generation_settings(self.generation, "model.validation.generation")
         if not self.mask_ratios or not all(0.0 < r <= 1.0 for r in self.mask_ratios):
-            raise ValueError(f"model.validation.mask_ratios={self.mask_ratios} must be ratios in (0, 1]")
+            raise SettingError(f"model.validation.mask_ratios={self.mask_ratios} must be ratios in (0, 1]")

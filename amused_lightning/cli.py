@@ -3,29 +3,51 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from amused_lightning.data import AmusedDataModule
 from amused_lightning.ema import EMA
+from amused_lightning.errors import ExistingOutputError, SettingError
 from amused_lightning.export import FinalExport
 from amused_lightning.module import AmusedModule
 from amused_lightning.placement import FrozenPlacement
+from amused_lightning.progress import StepProgress, held_out_table
+from amused_lightning.resume import StartStep, check_ckpt_path, run_logger
 
 
 def batches_between_validations(validation_steps: int, accumulate_grad_batches: int) -> int:
     """Lightning counts validation intervals in batches; `validation_steps` counts optimizer steps."""
     if validation_steps < 1:
-        raise ValueError(f"validation_steps={validation_steps} must be at least 1 "
-                         "(to turn validation off, set trainer.limit_val_batches: 0)")
+        raise SettingError(f"validation_steps={validation_steps} must be at least 1 "
+                           "(to turn validation off, set trainer.limit_val_batches: 0)")
     return validation_steps * accumulate_grad_batches
 
 
 def checkpoint_dir(default_root_dir: str | None) -> str:
     """Checkpoints live in a fixed folder of the run, so `--ckpt_path last` finds them after a restart."""
     return str(Path(default_root_dir or ".") / "checkpoints")
+
+
+def given_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
+    """trainer.callbacks as a list."""
+    given = trainer_config.get("callbacks") or []
+    return given if isinstance(given, list) else [given]
+
+
+def display_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
+    """Progress in optimizer steps, and a model summary sent through `logging` (so -q hides it), unless turned off
+    or given in trainer.callbacks."""
+    given, added = given_callbacks(trainer_config), []
+    if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
+        added.append(StepProgress())
+    if trainer_config.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in given):
+        added.append(ModelSummary())
+    return added
 
 
 class AmusedCLI(LightningCLI):
@@ -45,6 +67,8 @@ class AmusedCLI(LightningCLI):
                             help="Optimizer steps between validations (held-out loss and images); also at the end.")
         parser.add_argument("--allow_tf32", type=bool, default=False,
                             help="Let fp32 matmuls and convolutions use TF32 tensor cores (Ampere and later).")
+        if "verbose" in parser.get_defaults():
+            parser.set_defaults({"verbose": False})  # `validate` prints the held-out scores itself (after_validate)
         parser.set_defaults({
             "trainer.check_val_every_n_epoch": None,
             "trainer.num_sanity_val_steps": 0,
@@ -67,35 +91,61 @@ class AmusedCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         # A process-wide switch, so it belongs to the entry point rather than to the model.
-        if self.config[self.subcommand].get("allow_tf32"):
+        if self._get(self.config, "allow_tf32"):  # _get: also without a subcommand (cli_main(run=False))
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, with our progress display and summary, and for `fit` one TensorBoard run across resumes."""
+        config = self._get(self.config_init, "trainer", default={})
+        added, self.start_step = display_callbacks(config), StartStep()
+        kwargs.setdefault("callbacks", [*given_callbacks(config), *added, self.start_step])
+        if any(isinstance(c, ModelSummary) for c in added):
+            kwargs.setdefault("enable_model_summary", False)  # ours is in the list: Lightning need not add its own
+        if self.subcommand == "fit" and config.get("logger") in (None, True):
+            resuming = self._get(self.config, "ckpt_path") is not None
+            kwargs.setdefault("logger", run_logger(config.get("default_root_dir") or ".", resuming))
+        return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
         self.datamodule.connect(self.model.frozen_encoders())
+        check_ckpt_path(self.config[self.subcommand].get("ckpt_path"))
         folder = Path(self.config_init[self.subcommand]["checkpoint"].dirpath)
         existing = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
         if existing and self.config[self.subcommand].get("ckpt_path") is None:
-            raise FileExistsError(
+            raise ExistingOutputError(
                 f"checkpoint folder {str(folder)!r} already holds {len(existing)} checkpoints "
                 f"({existing[-1].name}, ...): resume with --ckpt_path last, or set another "
                 "trainer.default_root_dir. Nothing was overwritten."
             )
 
+    def after_fit(self) -> None:
+        # Validate the final weights unless the last step was just validated, or this fit resumed a finished run
+        # and trained no step (the fit that reached that step validated it).
+        limit, step = self.trainer.limit_val_batches, self.trainer.global_step
+        trained_none = self.start_step.step in (None, step)  # None: the fit loop had nothing left to run
+        resumed_finished = self.config[self.subcommand].get("ckpt_path") is not None and trained_none
+        if limit and self.model.last_validated_step != step and not resumed_finished:
+            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+
     def before_validate(self) -> None:
         self.datamodule.connect(self.model.frozen_encoders())
+        check_ckpt_path(self.config[self.subcommand].get("ckpt_path"))
 
-    def after_fit(self) -> None:
-        # Validate the final weights unless the last step was just validated.
-        limit = self.trainer.limit_val_batches
-        if limit and self.model.last_validated_step != self.trainer.global_step:
-            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+    def after_validate(self) -> None:
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if self.trainer.is_global_zero and "val/loss" in self.trainer.callback_metrics:
+            print(f"held-out scores of {ckpt_path or 'the initial weights'}:\n"
+                  f"{held_out_table(self.trainer.callback_metrics)}")
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> AmusedCLI:
     """`fit` or `validate`; `args` lets tests drive the CLI without a subprocess."""
     return AmusedCLI(AmusedModule, AmusedDataModule, seed_everything_default=0, args=args, run=run,
                      auto_configure_optimizers=False,
-                     save_config_kwargs={"overwrite": True})
+                     save_config_kwargs={"overwrite": True},
+                     # Parse errors raise, for the command table to report as one line (not 100 lines of usage).
+                     parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False},
+                                    "validate": {"exit_on_error": False}})
 
 
 def fit(args: list[str]) -> AmusedCLI:

@@ -10,6 +10,7 @@ import torch
 from diffusers import AmusedScheduler, UVit2DModel, VQModel
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
+from amused_lightning.errors import UserError
 from amused_lightning.presets import PRESETS, byte_level_clip_tokenizer, clip_text_config
 from amused_lightning.seeding import derive_seed
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 SUBFOLDERS = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
 
 
-class ComponentLoadError(RuntimeError):
+class ComponentLoadError(UserError, RuntimeError):
     """A component could not be loaded from the source named in `model.pretrained`."""
 
 
@@ -112,8 +113,8 @@ def _load(cls, pretrained: str, subfolder: str, **kwargs):
                 f"model.pretrained={pretrained!r}: could not load {subfolder}/ ({error})"
             ) from error
         raise ComponentLoadError(
-            f"model.pretrained={pretrained!r}: could not load {subfolder}/ from the Hugging Face Hub, which is "
-            f"unreachable or does not have it. Download the pipeline elsewhere "
+            f"model.pretrained={pretrained!r} is no local folder (no such path) and {subfolder}/ could not be loaded "
+            f"from the Hugging Face Hub, which is unreachable or does not have it. Download the pipeline elsewhere "
             f"(`huggingface-cli download {pretrained} --local-dir <folder>`) and pass model.pretrained=<folder>, "
             f"or use a preset ({', '.join(PRESETS)}). Cause: {error}"
         ) from error

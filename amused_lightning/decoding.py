@@ -11,6 +11,7 @@ from diffusers import UVit2DModel, VQModel
 from PIL import Image
 
 from amused_lightning.encoding import encode_prompts, pixels_per_token, tokenize_prompts
+from amused_lightning.errors import SettingError
 
 
 @dataclass
@@ -30,7 +31,7 @@ class GenerationSettings:
 def check_generation_settings(settings: GenerationSettings, setting: str) -> None:
     """Reject settings that cannot sample."""
     if settings.num_inference_steps < 1:
-        raise ValueError(f"{setting}.num_inference_steps={settings.num_inference_steps} must be at least 1")
+        raise SettingError(f"{setting}.num_inference_steps={settings.num_inference_steps} must be at least 1")
 
 
 def remasked_count(step: int, num_steps: int, seq_len: int, still_masked: torch.Tensor) -> torch.Tensor:

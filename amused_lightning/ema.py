@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from amused_lightning.errors import SettingError
+
 
 @dataclass
 class EmaSettings:
@@ -23,9 +25,9 @@ class EmaSettings:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.decay < 1.0:
-            raise ValueError(f"ema.decay={self.decay} must lie in (0, 1)")
+            raise SettingError(f"ema.decay={self.decay} must lie in (0, 1)")
         if self.update_after_step < 0:
-            raise ValueError(f"ema.update_after_step={self.update_after_step} must not be negative")
+            raise SettingError(f"ema.update_after_step={self.update_after_step} must not be negative")
 
 
 def ema_decay(step: int, settings: EmaSettings) -> float:
@@ -77,7 +79,7 @@ class TrainedWeightsEMA:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state.keys() != self.shadow.keys():
-            raise ValueError("the checkpoint's EMA weights do not match this model's trained parameters")
+            raise SettingError("the checkpoint's EMA weights do not match this model's trained parameters")
         self.shadow = {name: state[name].float().to(self.shadow[name].device) for name in self.shadow}
 
 
@@ -89,9 +91,9 @@ def resolve_weights(has_ema: bool, weights: str | None) -> str:
     if weights in (None, "auto"):
         return "ema" if has_ema else "trained"
     if weights not in WEIGHT_CHOICES:
-        raise ValueError(f"weights={weights!r} must be one of {list(WEIGHT_CHOICES)}")
+        raise SettingError(f"weights={weights!r} must be one of {list(WEIGHT_CHOICES)}")
     if weights == "ema" and not has_ema:
-        raise ValueError("weights='ema' but this run kept no EMA (ema.enabled was off): use weights='trained'")
+        raise SettingError("weights='ema' but this run kept no EMA (ema.enabled was off): use weights='trained'")
     return weights
 
 
@@ -108,6 +110,9 @@ class EMA(L.Callback):
             update_after_step: Optimizer steps before the average starts following the weights.
         """
         self.enabled, self.settings = enabled, EmaSettings(decay, update_after_step)
+        if not enabled and self.settings != EmaSettings():
+            raise SettingError(f"ema.decay={decay} / ema.update_after_step={update_after_step} are set but "
+                               "ema.enabled is false: add --ema.enabled true, or drop them")
         self.average: TrainedWeightsEMA | None = None
         self._restored: dict | None = None
         self._step = 0

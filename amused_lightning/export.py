@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import diffusers
@@ -18,11 +21,15 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextModelWithProjection
+from transformers.utils import logging as transformers_logging
 
 from amused_lightning.adapters import has_lora, lora_metadata, lora_state_dict
 from amused_lightning.components import SUBFOLDERS, Components
 from amused_lightning.ema import EMA, WEIGHT_CHOICES, find_ema
-from amused_lightning.pipeline import TrainedPipeline
+from amused_lightning.errors import ExistingOutputError, SettingError
+from amused_lightning.pipeline import ModelSpec, TrainedPipeline, read_checkpoint
+
+log = logging.getLogger(__name__)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 MODEL_INDEX = {
@@ -69,10 +76,23 @@ def clean_copy(cls, model: nn.Module, merge_lora: bool) -> nn.Module:
     return fresh
 
 
+@contextmanager
+def no_shard_bars() -> Iterator[None]:
+    """Without transformers' "Writing model shards" bar (one per transformers model saved): noise in our output."""
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def write_pipeline(parts: Components, folder: Path, merge_lora: bool) -> Path:
     """A folder `AmusedPipeline.from_pretrained` loads; unmerged adapters go beside it as the LoRA file."""
-    clean_copy(UVit2DModel, parts.transformer, merge_lora).save_pretrained(folder / "transformer")
-    clean_copy(CLIPTextModelWithProjection, parts.text_encoder, merge_lora).save_pretrained(folder / "text_encoder")
+    with no_shard_bars():
+        clean_copy(UVit2DModel, parts.transformer, merge_lora).save_pretrained(folder / "transformer")
+        clean_copy(CLIPTextModelWithProjection, parts.text_encoder, merge_lora).save_pretrained(folder / "text_encoder")
     parts.vqvae.save_pretrained(folder / "vqvae")
     parts.tokenizer.save_pretrained(folder / "tokenizer")
     parts.scheduler.save_pretrained(folder / "scheduler")
@@ -81,12 +101,24 @@ def write_pipeline(parts: Components, folder: Path, merge_lora: bool) -> Path:
     return folder
 
 
+def export_files(folder: Path) -> list[str]:
+    """The names of an export's files and folders present in `folder`."""
+    return [name for name in EXPORT_MARKERS if (folder / name).exists()]
+
+
+def check_merge_lora(spec: ModelSpec, merge_lora: bool, setting: str) -> None:
+    """Merging adapters means something only for a run that trained LoRA adapters."""
+    if merge_lora and spec.lora is None and spec.text_encoder.lora is None:
+        raise SettingError(f"{setting} is set but this run trained no LoRA adapter (a full finetune): "
+                           "its weights are exported as they are; drop the option")
+
+
 def prepare_output(folder: Path, overwrite: bool) -> None:
     """Create `folder`; refuse one that holds an export unless `overwrite`, then remove only export files."""
-    present = [name for name in EXPORT_MARKERS if (folder / name).exists()]
+    present = export_files(folder)
     if present and not overwrite:
-        raise FileExistsError(f"{str(folder)!r} already holds an export ({', '.join(present)}): "
-                              "pass --overwrite to replace it, or choose another folder")
+        raise ExistingOutputError(f"{str(folder)!r} already holds an export ({', '.join(present)}): "
+                                  "pass --overwrite to replace it, or choose another folder")
     for name in present:
         target = folder / name
         shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -106,21 +138,39 @@ def export_pipeline(pipeline: TrainedPipeline, folder: Path, merge_lora: bool = 
 
 
 class FinalExport(L.Callback):
-    """At the end of `fit`, export the final weights to <default_root_dir>/export (replacing this run's own)."""
+    """At the end of `fit`, export the final weights to <default_root_dir>/export; an export already there is kept
+    unless `overwrite`."""
 
-    def __init__(self, enabled: bool = True, weights: str = "auto", merge_lora: bool = False):
+    def __init__(self, enabled: bool = True, weights: str = "auto", merge_lora: bool = False,
+                 overwrite: bool = False):
         """
         Args:
             enabled: Write the export when fit ends.
             weights: "ema", "trained", or "auto" (ema when the run keeps one).
-            merge_lora: Fold LoRA adapters into the exported pipeline weights.
+            merge_lora: Fold LoRA adapters into the exported pipeline weights (LoRA runs only).
+            overwrite: Replace an export already in <default_root_dir>/export (by default it is kept).
         """
         if weights not in WEIGHT_CHOICES:
-            raise ValueError(f"export.weights={weights!r} must be one of {list(WEIGHT_CHOICES)}")
-        self.enabled, self.weights, self.merge_lora = enabled, weights, merge_lora
+            raise SettingError(f"export.weights={weights!r} must be one of {list(WEIGHT_CHOICES)}")
+        self.enabled, self.weights, self.merge_lora, self.overwrite = enabled, weights, merge_lora, overwrite
+
+    def _kept(self, trainer: L.Trainer) -> bool:
+        """Whether an earlier export is in the way and stays (said once at the start and again at the end)."""
+        folder = Path(trainer.default_root_dir) / "export"
+        if self.overwrite or not export_files(folder):
+            return False
+        log.warning("%s already holds an export: it is kept (set export.overwrite true to replace it, or write this "
+                    "run's last checkpoint elsewhere with `python -m amused_lightning export`)", folder)
+        return True
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        if self.enabled:
+            check_merge_lora(pl_module.spec, self.merge_lora, "export.merge_lora")
+            if trainer.is_global_zero:
+                self._kept(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
-        if not (self.enabled and trainer.is_global_zero):
+        if not (self.enabled and trainer.is_global_zero) or self._kept(trainer):
             return
         # The same path as `export` of a checkpoint: the base reloaded in full precision, the trained weights on top.
         ema = find_ema(trainer)
@@ -128,7 +178,7 @@ class FinalExport(L.Callback):
                       "callbacks": {EMA.STATE_KEY: ema.state_dict()} if ema is not None else {}}
         pipeline = TrainedPipeline.from_checkpoint(checkpoint, self.weights)
         for path in export_pipeline(pipeline, Path(trainer.default_root_dir) / "export", self.merge_lora, True):
-            print(f"exported {pipeline.weights} weights to {path}")
+            log.info("exported %s weights to %s", pipeline.weights, path)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -142,7 +192,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
                         help="fold LoRA adapters into the pipeline weights (then no separate LoRA file is written)")
     parser.add_argument("--overwrite", action="store_true", help="replace an export already in the folder")
     args = parser.parse_args(argv)
-    pipeline = TrainedPipeline.from_file(args.checkpoint, args.weights)
+    checkpoint = read_checkpoint(args.checkpoint)
+    check_merge_lora(ModelSpec.from_hparams(checkpoint["hyper_parameters"]), args.merge_lora, "--merge-lora")
+    pipeline = TrainedPipeline.from_checkpoint(checkpoint, args.weights)
     written = export_pipeline(pipeline, args.output, args.merge_lora, args.overwrite)
     for path in written:
         print(f"wrote {path}")

@@ -12,12 +12,13 @@ import re
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from amused_lightning.decoding import GenerationSettings, check_generation_settings
 from amused_lightning.ema import WEIGHT_CHOICES
+from amused_lightning.errors import ExistingOutputError
 from amused_lightning.export import LORA_WEIGHT_NAME
 from amused_lightning.pipeline import TrainedPipeline
+from amused_lightning.progress import iterate
 
 
 def output_names(prompts: list[str], num_images: int) -> list[str]:
@@ -79,14 +80,17 @@ def main(argv: list[str] | None = None) -> list[Path]:
     paths = [args.output / name for name in output_names(args.prompts, args.num_images)]
     existing = [p.name for p in paths if p.exists()]
     if existing and not args.overwrite:
-        raise FileExistsError(f"{len(existing)} files already exist in {str(args.output)!r} ({existing[0]}, ...): "
-                              "pass --overwrite to replace them")
+        raise ExistingOutputError(f"{len(existing)} files already exist in {str(args.output)!r} ({existing[0]}, ...): "
+                                  "pass --overwrite to replace them")
     pipeline = load_pipeline(args).to("cuda" if torch.cuda.is_available() else "cpu")
     prompts = [prompt for prompt in args.prompts for _ in range(args.num_images)]
     args.output.mkdir(parents=True, exist_ok=True)
-    for start in tqdm(range(0, len(prompts), args.batch_size), desc="generating", unit="batch"):
+    starts = range(0, len(prompts), args.batch_size)
+    for start in iterate(starts, len(starts), "batch", "batches"):
         batch = prompts[start:start + args.batch_size]
         images = pipeline.generate(batch, settings, seed=args.seed + start, resolution=args.resolution)
         for image, path in zip(images, paths[start:start + args.batch_size]):
             image.save(path)
+    for path in paths:
+        print(f"wrote {path}")
     return paths

@@ -34,6 +34,7 @@ from amused_lightning.encoding import (
     encode_prompts,
     tokenize_prompts,
 )
+from amused_lightning.errors import SettingError
 from amused_lightning.heads import enable_masked_head, logits_only_at
 from amused_lightning.loss import masked_token_loss, masked_token_scores
 from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
@@ -107,6 +108,7 @@ class AmusedModule(L.LightningModule):
         self.val_accuracies = nn.ModuleList(MeanMetric() for _ in self.validation.mask_ratios)
         self.last_validated_step: int | None = None
         self._empty_prompt: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.train()  # frozen parts in eval mode from the start, so the model summary shows what trains
 
     def _apply_memory_levers(self) -> None:
         if self.memory.logits_at_masked_only:
@@ -269,5 +271,5 @@ class AmusedModule(L.LightningModule):
         check_checkpoint_mark(checkpoint, "the checkpoint")
         missing = self.trained_state_keys() - set(checkpoint.get("state_dict", {}))
         if missing:
-            raise ValueError(f"the checkpoint lacks {len(missing)} trained weights of this model (for example "
-                             f"{sorted(missing)[:3]}): it was written by a different model or finetuning mode")
+            raise SettingError(f"the checkpoint lacks {len(missing)} trained weights of this model (for example "
+                               f"{sorted(missing)[:3]}): it was written by a different model or finetuning mode")

@@ -14,6 +14,7 @@ from amused_lightning.args import TextEncoderArgs, as_settings
 from amused_lightning.components import Components, load_components
 from amused_lightning.decoding import GenerationSettings, generate_images
 from amused_lightning.ema import EMA, resolve_weights
+from amused_lightning.errors import MissingPathError, SettingError
 
 CHECKPOINT_MARK = "amused_lightning"
 CHECKPOINT_FORMAT = 2
@@ -62,8 +63,8 @@ def load_trained_weights(parts: Components, state: dict[str, torch.Tensor]) -> N
         weights = {key[len(prefix) + 1:]: value for key, value in state.items() if key.startswith(prefix + ".")}
         if trained - weights.keys() or weights.keys() - set(model.state_dict()):
             missing = sorted(trained - weights.keys()) or sorted(weights.keys() - set(model.state_dict()))
-            raise ValueError(f"the checkpoint's {prefix} weights do not fit this model (for example {missing[:3]}): "
-                             "it was written by a different model or finetuning mode")
+            raise SettingError(f"the checkpoint's {prefix} weights do not fit this model (for example {missing[:3]}): "
+                               "it was written by a different model or finetuning mode")
         with torch.no_grad():
             model.load_state_dict(weights, strict=False)
 
@@ -72,11 +73,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint written by `fit`, with clear errors for a missing, unreadable or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        raise MissingPathError(f"checkpoint {str(path)!r} does not exist")
     try:
         checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     except Exception as error:  # a file torch cannot read at all
-        raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint: {error}") from error
+        raise SettingError(f"{str(path)!r} is not a readable PyTorch checkpoint: {error}") from error
     check_checkpoint_mark(checkpoint, repr(str(path)))
     return checkpoint
 
@@ -85,10 +86,10 @@ def check_checkpoint_mark(checkpoint: Any, name: str) -> None:
     """Refuse a checkpoint that `fit` of this version did not write."""
     mark = checkpoint.get(CHECKPOINT_MARK) if isinstance(checkpoint, dict) else None
     if mark is None:
-        raise ValueError(f"{name} is not an amused_lightning checkpoint (no {CHECKPOINT_MARK!r} entry)")
+        raise SettingError(f"{name} is not an amused_lightning checkpoint (no {CHECKPOINT_MARK!r} entry)")
     if mark.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{name} has checkpoint format {mark.get('format')}, this version reads format "
-                         f"{CHECKPOINT_FORMAT}: export it with the amused_lightning version that wrote it")
+        raise SettingError(f"{name} has checkpoint format {mark.get('format')}, this version reads format "
+                           f"{CHECKPOINT_FORMAT}: export it with the amused_lightning version that wrote it")
 
 
 class TrainedPipeline:

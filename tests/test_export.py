@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import AmusedPipeline, UVit2DModel
 
-from amused_lightning.cli import cli_main
+from amused_lightning.__main__ import main
 from amused_lightning.components import load_components
 from amused_lightning.ema import find_ema
 from amused_lightning.export import LORA_WEIGHT_NAME
@@ -90,11 +90,11 @@ def test_export_rejects_foreign_checkpoints(tmp_path):
 def test_missing_bitsandbytes_is_reported_at_parse_time(monkeypatch, capsys):
     for name in [n for n in sys.modules if n == "bitsandbytes" or n.startswith("bitsandbytes.")]:
         monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(SystemExit):
-        cli_main(["fit", "--model.optimizer", "bitsandbytes.optim.AdamW8bit", "--data.source", "SingleImage",
-                  "--data.source.path", "x.png"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model.optimizer", "bitsandbytes.optim.AdamW8bit", "--data.source", "SingleImage",
+              "--data.source.path", "x.png"])
     error = capsys.readouterr().err
-    assert 'Parser key "model.optimizer"' in error and "bitsandbytes" in error
+    assert exit_info.value.code == 2 and 'Parser key "model.optimizer"' in error and "bitsandbytes" in error
 
 
 def test_export_and_generate_never_build_the_training_module(lora_run, tmp_path, monkeypatch):
