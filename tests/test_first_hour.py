@@ -39,8 +39,8 @@ def fails_with(capsys, *argv: str) -> str:
 def tiny_fit(root: Path, dataset: Path, *extra: str) -> list[str]:
     """`fit` arguments for the tiny preset at 32 px."""
     return ["fit", "--trainer.default_root_dir", str(root), "--trainer.accelerator", "cpu", "--model.pretrained",
-            "tiny", "--data.dataset", str(dataset), "--data.resolution", "32", "--data.batch_size", "4",
-            "--trainer.enable_model_summary", "false", *extra]
+            "tiny", "--data.source", "HFDataset", "--data.source.path", str(dataset), "--data.resolution", "32",
+            "--data.batch_size", "4", "--trainer.enable_model_summary", "false", *extra]
 
 
 def test_help_is_instant_and_a_parse_error_is_one_line():
@@ -128,8 +128,9 @@ def test_fit_shows_steps_and_resume_appends_to_the_run(finished_run, toy_dataset
 def test_validate_prints_scores_and_generate_prints_paths(finished_run, toy_dataset, tmp_path, capsys):
     checkpoint = str(finished_run / "checkpoints" / "step=2.ckpt")
     main(["validate", "--trainer.default_root_dir", str(tmp_path / "v"), "--trainer.accelerator", "cpu",
-          "--model.pretrained", "tiny", "--data.dataset", str(toy_dataset), "--data.resolution", "32",
-          "--data.batch_size", "4", "--trainer.enable_progress_bar", "false", "--ckpt_path", checkpoint])
+          "--model.pretrained", "tiny", "--data.source", "HFDataset", "--data.source.path", str(toy_dataset),
+          "--data.resolution", "32", "--data.batch_size", "4", "--trainer.enable_progress_bar", "false",
+          "--ckpt_path", checkpoint])
     out = capsys.readouterr().out
     assert f"held-out scores of {checkpoint}:" in out and "\nmean " in out and "\n25 " in out, out
     main(["generate", "a cat", "a dog", "--checkpoint", checkpoint, "-o", str(tmp_path / "pics"), "--steps", "1",
