@@ -22,6 +22,7 @@ from amused_lightning.ema import EmaSettings, TrainedWeightsEMA
 from amused_lightning.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
 from amused_lightning.generation import GenerationSettings, generate_images
 from amused_lightning.heads import enable_masked_head, logits_only_at
+from amused_lightning.image_metrics import ImageMetric, evaluate_image_metrics
 from amused_lightning.loss import masked_token_loss, masked_token_scores
 from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
 from amused_lightning.optim import lr_schedule, parameter_groups
@@ -66,6 +67,7 @@ class AmusedModule(L.LightningModule):
         validation_prompts: list[str] | None = None,
         generation: GenerationSettings | None = None,
         val_mask_ratios: list[float] | None = None,
+        image_metrics: list[ImageMetric] | None = None,
         seed: int = 0,
     ):
         """
@@ -97,10 +99,12 @@ class AmusedModule(L.LightningModule):
             validation_prompts: Prompts whose images are generated at each validation (fixed seed).
             generation: Sampling settings of those images (AmusedPipeline's defaults when unset).
             val_mask_ratios: Mask ratios of the held-out loss (default 0.25, 0.5, 0.75, 1.0).
+            image_metrics: Scorers of the validation images against their prompts, logged as val/<name>.
             seed: Seed of masks and conditioning dropout, and of preset weights (linked to seed_everything).
         """
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer"])
+        self.save_hyperparameters(ignore=["optimizer", "image_metrics"])
+        self.image_metrics = list(image_metrics or [])
         self.optimizer_factory = optimizer
         # Hyperparameters store these as dicts (checkpoints stay plain data); the module uses the dataclasses.
         self.lora = as_settings(LoraSettings, lora)
@@ -231,6 +235,9 @@ class AmusedModule(L.LightningModule):
             folder = Path(self.trainer.default_root_dir) / "validation"
             save_validation_images(folder, self.global_step, self.validation_prompts, images)
             log_validation_images(self.loggers, self.global_step, self.validation_prompts, images)
+            scores = evaluate_image_metrics(self.image_metrics, self.validation_prompts, images)
+            for logger in self.loggers if scores else []:
+                logger.log_metrics(scores, step=self.global_step)
         self._validation_context.close()
         self.last_validated_step = self.global_step
 
