@@ -17,6 +17,9 @@ from amused_lightning.seeding import derive_seed
 log = logging.getLogger(__name__)
 
 SUBFOLDERS = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
+# Pipelines shipped inside the package, by name: no download, no build step. A local folder of the same name is
+# reached by a path such as ./toy.
+EMBEDDED = {"toy": Path(__file__).resolve().parent / "pretrained" / "toy"}
 
 
 class ComponentLoadError(RuntimeError):
@@ -37,6 +40,7 @@ class Components:
 def load_components(pretrained: str, revision: str | None = None, variant: str | None = None,
                     seed: int = 0) -> Components:
     """All five components of `pretrained`; presets get random weights drawn from `seed`."""
+    pretrained = resolve_embedded(pretrained)
     if pretrained in PRESETS:
         return _build_preset(pretrained, seed)
     _check_local_layout(pretrained)
@@ -52,6 +56,7 @@ def load_components(pretrained: str, revision: str | None = None, variant: str |
 
 def load_tokenizer(pretrained: str, revision: str | None = None) -> CLIPTokenizer:
     """The prompt tokenizer of `pretrained` (cheap: used by the data workers)."""
+    pretrained = resolve_embedded(pretrained)
     if pretrained in PRESETS:
         return byte_level_clip_tokenizer()
     _check_local_layout(pretrained)
@@ -60,6 +65,7 @@ def load_tokenizer(pretrained: str, revision: str | None = None) -> CLIPTokenize
 
 def vq_downscale_factor(pretrained: str, revision: str | None = None) -> int:
     """How many pixels one image token spans per side, read from the VQ config alone."""
+    pretrained = resolve_embedded(pretrained)
     if pretrained in PRESETS:
         return pixels_per_token(PRESETS[pretrained]["vqvae"])
     _check_local_layout(pretrained)
@@ -68,6 +74,7 @@ def vq_downscale_factor(pretrained: str, revision: str | None = None) -> int:
 
 def components_identity(pretrained: str, revision: str | None, variant: str | None, seed: int) -> str:
     """What the frozen encoders' weights depend on: preset and seed, hub id and revision, or the local files."""
+    pretrained = resolve_embedded(pretrained)
     if pretrained in PRESETS:
         return f"preset:{pretrained}:seed={seed}"
     if not _is_local(pretrained):
@@ -104,12 +111,18 @@ def _seeded(build, seed: int, part: int):
 def load_frozen_encoders(pretrained: str, revision: str | None = None, variant: str | None = None,
                          seed: int = 0) -> tuple[VQModel, CLIPTextModelWithProjection]:
     """Just the VQ model and text encoder of `pretrained` (what pre-encoding needs), same weights as the module's."""
+    pretrained = resolve_embedded(pretrained)
     if pretrained in PRESETS:
         return _build_preset_frozen_parts(pretrained, seed)[:2]
     _check_local_layout(pretrained)
     kwargs = dict(revision=revision, variant=variant)
     return (_load(VQModel, pretrained, "vqvae", **kwargs),
             _load(CLIPTextModelWithProjection, pretrained, "text_encoder", **kwargs))
+
+
+def resolve_embedded(pretrained: str) -> str:
+    """The folder of a pipeline shipped in the package (`toy`), else `pretrained` as given."""
+    return str(EMBEDDED[pretrained]) if pretrained in EMBEDDED else pretrained
 
 
 def _is_local(pretrained: str) -> bool:
