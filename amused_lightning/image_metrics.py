@@ -18,8 +18,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from amused_lightning.toy_world import (BACKGROUNDS, BODY_BOX, COLORS, GLASSES_LEFTS, GRID, HEADS, Character,
-                                        draw_head, held_back_attributes, parse_caption)
+from amused_lightning.toy_world import (
+    BACKGROUNDS,
+    BODY_BOX,
+    COLORS,
+    GLASSES_LEFTS,
+    GRID,
+    HEADS,
+    Character,
+    draw_head,
+    held_back_attributes,
+    parse_caption,
+)
 
 ATTRIBUTES = ("glasses", "body", "background", "head")
 PALETTE = [("color", name, rgb) for name, rgb in COLORS.items()] + [

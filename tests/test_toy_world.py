@@ -7,8 +7,16 @@ import dataclasses
 import pytest
 
 from amused_lightning.image_metrics import ClipScore, ToyWorldScore, evaluate_image_metrics, palette_cell_agreement
-from amused_lightning.toy_world import (HELD_BACK_COLOR, HELD_BACK_HEAD, Character, draw_character,
-                                        evaluation_captions, held_back_attributes, parse_caption, sample_characters)
+from amused_lightning.toy_world import (
+    HELD_BACK_COLOR,
+    HELD_BACK_HEAD,
+    Character,
+    draw_character,
+    evaluation_captions,
+    held_back_attributes,
+    parse_caption,
+    sample_characters,
+)
 
 
 def test_base_world_never_shows_the_held_back_concept_and_finetune_world_always_names_it():
@@ -19,9 +27,9 @@ def test_base_world_never_shows_the_held_back_concept_and_finetune_world_always_
 
 
 def test_dataset_worlds_leave_out_their_evaluation_prompts(tmp_path):
-    from make_toy_dataset import build
-
     import datasets
+
+    from make_toy_dataset import build
 
     build(tmp_path, num_images=200, size=64, seed=0, world="finetune")
     captions = set(datasets.load_dataset(str(tmp_path), split="train")["text"])
