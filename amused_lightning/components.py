@@ -17,6 +17,9 @@ from amused_lightning.seeding import derive_seed
 log = logging.getLogger(__name__)
 
 SUBFOLDERS = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
+# Pipelines shipped inside the package, by name: no download, no build step. A local folder of the same name is
+# reached by a path such as ./toy.
+EMBEDDED = {"toy": Path(__file__).resolve().parent / "pretrained" / "toy"}
 
 
 class ComponentLoadError(UserError, RuntimeError):
@@ -37,6 +40,7 @@ class Components:
 def load_components(pretrained: str, revision: str | None = None, variant: str | None = None,
                     seed: int = 0) -> Components:
     """All five components of `pretrained`; presets get random weights drawn from `seed`."""
+    pretrained = resolve_embedded(pretrained)
     if pretrained in PRESETS:
         return _build_preset(pretrained, seed)
     _check_local_layout(pretrained)
@@ -52,6 +56,7 @@ def load_components(pretrained: str, revision: str | None = None, variant: str |
 
 def components_identity(pretrained: str, revision: str | None, variant: str | None, seed: int) -> str:
     """What the frozen encoders' weights depend on: preset and seed, hub id and revision, or the local files."""
+    pretrained = resolve_embedded(pretrained)
     if pretrained in PRESETS:
         return f"preset:{pretrained}:seed={seed}"
     if not _is_local(pretrained):
@@ -80,6 +85,11 @@ def _seeded(build, seed: int, part: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, part))
         return build()
+
+
+def resolve_embedded(pretrained: str) -> str:
+    """The folder of a pipeline shipped in the package (`toy`), else `pretrained` as given."""
+    return str(EMBEDDED[pretrained]) if pretrained in EMBEDDED else pretrained
 
 
 def _is_local(pretrained: str) -> bool:

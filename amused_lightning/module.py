@@ -36,6 +36,7 @@ from amused_lightning.encoding import (
 )
 from amused_lightning.errors import SettingError
 from amused_lightning.heads import enable_masked_head, logits_only_at
+from amused_lightning.image_metrics import ImageMetric, evaluate_image_metrics
 from amused_lightning.loss import masked_token_loss, masked_token_scores
 from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
 from amused_lightning.optim import lr_schedule, parameter_groups
@@ -69,6 +70,7 @@ class AmusedModule(L.LightningModule):
         objective: ObjectiveArgs = ObjectiveArgs(),
         memory: MemoryArgs = MemoryArgs(),
         validation: ValidationArgs = ValidationArgs(),
+        image_metrics: list[ImageMetric] | None = None,
         seed: int = 0,
     ):
         """
@@ -85,10 +87,12 @@ class AmusedModule(L.LightningModule):
             objective: Masking and conditioning dropout of the masked-token objective.
             memory: Memory and speed levers that leave the loss unchanged.
             validation: Prompts drawn and mask ratios scored at each validation.
+            image_metrics: Scorers of the validation images against their prompts, logged as val/<name>.
             seed: Seed of masks and conditioning dropout, and of preset weights (linked to seed_everything).
         """
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer"])
+        self.save_hyperparameters(ignore=["optimizer", "image_metrics"])
+        self.image_metrics = list(image_metrics or [])
         self.optimizer_factory = optimizer
         # Hyperparameters keep the groups as given (plain dicts from a config); the module uses the dataclasses.
         self.schedule = as_settings(LRScheduleArgs, lr_schedule)
@@ -208,6 +212,9 @@ class AmusedModule(L.LightningModule):
             folder = Path(self.trainer.default_root_dir) / "validation"
             save_validation_images(folder, self.global_step, prompts, images)
             log_validation_images(self.loggers, self.global_step, prompts, images)
+            scores = evaluate_image_metrics(self.image_metrics, prompts, images)
+            for logger in self.loggers if scores else []:
+                logger.log_metrics(scores, step=self.global_step)
         self.last_validated_step = self.global_step
 
     def _log_held_out_scores(self) -> None:

@@ -1,65 +1,34 @@
-"""Write a nouns-like toy dataset (pixel-art characters with captions) as a local Hugging Face parquet dataset.
+"""Write a toy-world dataset (nouns-like pixel-art characters with captions) as a local parquet dataset.
 
     python scripts/make_toy_dataset.py data/toy-nouns --num-images 64
+    python scripts/make_toy_dataset.py data/toy-teal-crown --world finetune --num-images 48 --size 64
 
-The folder loads offline with `datasets.load_dataset(folder, split="train")` (columns `image`, `text`).
+`--world base` leaves out the held-back concept (the colour teal and the crown head), `--world finetune` draws only
+characters that name it (both leave out their world's held-out evaluation prompts), `--world all` (the default)
+draws the whole world. The folder loads offline with
+`datasets.load_dataset(folder, split="train")` (columns `image`, `text`).
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 from pathlib import Path
 
 import datasets
-from PIL import Image, ImageDraw
 
-COLORS = {"red": (220, 40, 40), "orange": (245, 140, 30), "blue": (40, 80, 220), "purple": (140, 60, 190),
-          "green": (50, 170, 70), "yellow": (240, 210, 40), "pink": (240, 130, 180), "teal": (30, 160, 160)}
-BACKGROUNDS = {"dark": (30, 30, 40), "light": (225, 225, 215), "sunny": (250, 225, 120), "orange": (250, 160, 80)}
-HEADS = ("baseball", "lips", "microwave", "cube", "mushroom", "crown")
-GRID = 16  # pixel-art cells per side
+from amused_lightning.toy_world import GRID, WORLDS, draw_character, evaluation_captions, sample_characters
 
 
-def draw_head(draw: ImageDraw.ImageDraw, shape: str, color: tuple, cell: int) -> None:
-    """A head of a recognisable silhouette in the upper half."""
-    box = [4 * cell, 2 * cell, 12 * cell - 1, 8 * cell - 1]
-    if shape in ("baseball", "mushroom"):
-        draw.ellipse(box, fill=color)
-    elif shape == "lips":
-        draw.polygon([(4 * cell, 5 * cell), (8 * cell, 2 * cell), (12 * cell, 5 * cell), (8 * cell, 8 * cell)],
-                     fill=color)
-    elif shape == "crown":
-        draw.polygon([(4 * cell, 8 * cell), (4 * cell, 2 * cell), (6 * cell, 4 * cell), (8 * cell, 2 * cell),
-                      (10 * cell, 4 * cell), (12 * cell, 2 * cell), (12 * cell, 8 * cell)], fill=color)
-    else:
-        draw.rectangle(box, fill=color)
-
-
-def make_character(rng: random.Random, size: int) -> tuple[Image.Image, str]:
-    """One character image and its caption."""
-    glasses, body, background = rng.choice(list(COLORS)), rng.choice(list(COLORS)), rng.choice(list(BACKGROUNDS))
-    head, head_color = rng.choice(HEADS), rng.choice(list(COLORS))
-    cell = size // GRID
-    image = Image.new("RGB", (size, size), BACKGROUNDS[background])
-    draw = ImageDraw.Draw(image)
-    draw.rectangle([5 * cell, 9 * cell, 11 * cell - 1, 16 * cell - 1], fill=COLORS[body])
-    draw_head(draw, head, COLORS[head_color], cell)
-    for left in (5, 9):
-        draw.rectangle([left * cell, 4 * cell, (left + 2) * cell - 1, 6 * cell - 1], fill=COLORS[glasses])
-    article = "an" if background[0] in "aeiou" else "a"
-    caption = (f"a pixel art character with square {glasses} glasses, a {head}-shaped head and a {body}-colored "
-               f"body on {article} {background} background")
-    return image, caption
-
-
-def build(output: Path, num_images: int, size: int, seed: int) -> Path:
-    """Write `num_images` characters to output/data/train-00000-of-00001.parquet."""
-    rng = random.Random(seed)
-    rows = [make_character(rng, size) for _ in range(num_images)]
+def build(output: Path, num_images: int, size: int, seed: int, world: str = "all",
+          exclude: frozenset[str] = frozenset()) -> Path:
+    """Write `num_images` characters of `world` to output/data/train-00000-of-00001.parquet."""
+    if world != "all":
+        # The world's held-out evaluation prompts (the benchmark's and the quickstart's) are never training data.
+        exclude = exclude | evaluation_captions(world)
+    characters = sample_characters(num_images, seed, world, exclude)
     features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
-    dataset = datasets.Dataset.from_dict({"image": [r[0] for r in rows], "text": [r[1] for r in rows]},
-                                         features=features)
+    dataset = datasets.Dataset.from_dict({"image": [draw_character(c, size) for c in characters],
+                                          "text": [c.caption() for c in characters]}, features=features)
     target = output / "data" / "train-00000-of-00001.parquet"
     target.parent.mkdir(parents=True, exist_ok=True)
     dataset.to_parquet(str(target))
@@ -72,10 +41,14 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--size", type=int, default=128, help="side of each image in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--world", choices=WORLDS, default="all", help="which part of the toy world to draw")
+    parser.add_argument("--exclude-prompts", type=Path, help="a file of captions (one a line) never to draw")
     args = parser.parse_args()
     if args.size % GRID:
         parser.error(f"--size {args.size} must be a multiple of {GRID}")
-    print(f"wrote {args.num_images} images to {build(args.output, args.num_images, args.size, args.seed)}")
+    exclude = frozenset(args.exclude_prompts.read_text().splitlines()) if args.exclude_prompts else frozenset()
+    target = build(args.output, args.num_images, args.size, args.seed, args.world, exclude)
+    print(f"wrote {args.num_images} images of the {args.world} world to {target}")
 
 
 if __name__ == "__main__":

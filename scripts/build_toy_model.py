@@ -1,0 +1,239 @@
+"""Rebuild the `toy` base model from a seed: a complete aMUSEd pipeline that draws the toy world's base world.
+
+    python scripts/build_toy_model.py amused_lightning/pretrained/toy
+
+1. A VQModel (4x downsampling: one token per 4x4-pixel cell at 64 px) trained to reconstruct toy images of the whole
+   world, as a real VQ-GAN is trained on broad data: a plain reconstruction + codebook loss.
+2. A word-level CLIP tokenizer over the world's vocabulary (held-back words included, as CLIP knows words that
+   aMUSEd cannot draw) and a small CLIPTextModelWithProjection.
+3. A UVit2DModel trained with this project's masked-token objective (`masking`, `loss`, `encoding`: cosine mask
+   ratios, cross-entropy on masked tokens, conditioning dropout) on the base world only, jointly with the text
+   encoder, which is then frozen for finetuning like CLIP is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import torch
+from diffusers import AmusedScheduler, UVit2DModel, VQModel
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from amused_lightning.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
+from amused_lightning.export import MODEL_INDEX
+from amused_lightning.loss import masked_token_loss
+from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
+from amused_lightning.presets import CLIP_MAX_LENGTH
+from amused_lightning.seeding import derive_seed
+from amused_lightning.toy_world import caption_words, draw_character, evaluation_captions, sample_characters
+
+SIZE = 64
+CODEBOOK = 64
+VQ_CONFIG = dict(
+    in_channels=3, out_channels=3, act_fn="silu", latent_channels=8, layers_per_block=1, norm_num_groups=1,
+    norm_type="spatial", num_vq_embeddings=CODEBOOK, vq_embed_dim=None, lookup_from_codebook=True,
+    mid_block_add_attention=False, sample_size=SIZE, scaling_factor=1.0, force_upcast=True,
+    block_out_channels=(32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+)
+TEXT_WIDTH = 64
+TRANSFORMER_CONFIG = dict(
+    hidden_size=96, use_bias=False, hidden_dropout=0.0, cond_embed_dim=TEXT_WIDTH, micro_cond_encode_dim=8,
+    micro_cond_embed_dim=40, encoder_hidden_size=TEXT_WIDTH, vocab_size=CODEBOOK + 1, codebook_size=CODEBOOK,
+    in_channels=32, block_out_channels=32, num_res_blocks=4, downsample=True, upsample=True, block_num_heads=1,
+    num_hidden_layers=3, num_attention_heads=3, attention_dropout=0.0, intermediate_size=192, layer_norm_eps=1e-6,
+    ln_elementwise_affine=True, sample_size=SIZE // 4,
+)
+# UVit2DModel has no position embedding: a token learns where it is only from the zero padding of its 3x3
+# convolutions. Halving the grid and stacking four of them lets every cell tell its place, so a fully masked image
+# is not decoded as identical draws at every position; it also makes the transformer layers 4x cheaper.
+MICRO_CONDS = (SIZE, SIZE, 0, 0, 6.0)  # full-image crops at the default aesthetic score, as the data module sends
+
+
+def toy_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer that keeps every toy-world word whole and spells any other word byte by byte."""
+    symbols = list(bytes_to_unicode().values())
+    vocab = {symbol: i for i, symbol in enumerate(symbols)}
+    vocab.update({symbol + "</w>": i + len(symbols) for i, symbol in enumerate(symbols)})
+    merges = []
+    # Merges grow a word from its end, so they can only fire at a word's end and always rebuild the whole word.
+    for word in caption_words():
+        for start in range(len(word) - 2, -1, -1):
+            suffix = word[start + 1:] + "</w>"
+            if word[start:] + "</w>" not in vocab:
+                merges.append((word[start], suffix))
+                vocab[word[start:] + "</w>"] = len(vocab)
+    # End-of-text takes the largest id so CLIP's legacy argmax pooling (eos_token_id 2) lands on it.
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH)
+
+
+def text_encoder_config(vocab_size: int) -> CLIPTextConfig:
+    """A two-layer CLIP text tower, wide enough for the world's few dozen words."""
+    return CLIPTextConfig(hidden_size=TEXT_WIDTH, intermediate_size=2 * TEXT_WIDTH, num_attention_heads=4,
+                          num_hidden_layers=2, projection_dim=TEXT_WIDTH, vocab_size=vocab_size,
+                          max_position_embeddings=CLIP_MAX_LENGTH, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+                          bos_token_id=0, eos_token_id=2, pad_token_id=1)
+
+
+def render(captions_world: str, count: int, seed: int, exclude: frozenset[str] = frozenset()
+           ) -> tuple[torch.Tensor, list[str]]:
+    """(N, 3, 64, 64) pixels in [0, 1] and captions of `count` characters of a world."""
+    characters = sample_characters(count, seed, captions_world, exclude)
+    pixels = np.stack([np.asarray(draw_character(c, SIZE)) for c in characters])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255, [c.caption() for c in characters]
+
+
+def revive_dead_codes(vq: VQModel, latents: torch.Tensor, used: torch.Tensor, generator: torch.Generator) -> int:
+    """Move codes no batch picked lately onto random encoder outputs, so the codebook does not collapse."""
+    dead = (~used).nonzero()[:, 0]
+    if len(dead):
+        flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+        picks = torch.randint(len(flat), (len(dead),), generator=generator)
+        vq.quantize.embedding.weight.data[dead] = flat[picks].detach()
+    return len(dead)
+
+
+def random_crops(pixels: torch.Tensor, generator: torch.Generator, cells: int = 8) -> torch.Tensor:
+    """One crop of `cells` x `cells` whole cells per image: the VQ is convolutional, and small crops train faster."""
+    side, cell = cells * 4, SIZE // 16
+    offsets = torch.randint(0, 16 - cells + 1, (len(pixels), 2), generator=generator) * cell
+    return torch.stack([image[:, top:top + side, left:left + side] for image, (top, left) in zip(pixels, offsets)])
+
+
+def train_vq(steps: int, batch_size: int, seed: int, log_every: int) -> VQModel:
+    """A VQModel trained on fresh toy images of the whole world: MSE reconstruction + codebook/commitment loss."""
+    torch.manual_seed(derive_seed(seed, 1))
+    vq = VQModel(**VQ_CONFIG)
+    optimizer = torch.optim.Adam(vq.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    generator, used = torch.Generator().manual_seed(derive_seed(seed, 2)), torch.zeros(CODEBOOK, dtype=torch.bool)
+    # A first third trains a plain autoencoder; its latents then seed the codebook, so no code starts out of reach.
+    warm_up = steps // 3
+    for step in range(steps):
+        pixels = random_crops(render("all", batch_size, derive_seed(seed, 3, step))[0], generator)
+        latents = vq.encode(pixels).latents
+        if step == warm_up:
+            used[:] = False
+            revive_dead_codes(vq, latents, used, generator)
+        quantized, codebook_loss, (_, _, indices) = (vq.quantize(latents) if step >= warm_up
+                                                      else (latents, 0.0, (None, None, torch.zeros(1).long())))
+        reconstruction = vq.decoder(vq.post_quant_conv(quantized), quantized)
+        loss = torch.nn.functional.mse_loss(reconstruction, pixels) + codebook_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        used[indices.flatten()] = True
+        if step > warm_up and step % 25 == 0 and step < steps * 3 // 4:
+            revive_dead_codes(vq, latents, used, generator)
+            used[:] = False
+        if step % log_every == 0 or step == steps - 1:
+            print(f"vq step {step + 1}/{steps} loss {loss.item():.5f} codes used {int(indices.unique().numel())}",
+                  flush=True)
+    return vq.eval().requires_grad_(False)
+
+
+def initial_transformer_and_text_encoder(resume: Path | None, vocab_size: int
+                                         ) -> tuple[UVit2DModel, CLIPTextModelWithProjection]:
+    """Fresh weights, or those of a pipeline folder written by this script to train further."""
+    if resume is None:
+        return UVit2DModel(**TRANSFORMER_CONFIG), CLIPTextModelWithProjection(text_encoder_config(vocab_size))
+    return (UVit2DModel.from_pretrained(resume, subfolder="transformer").train().requires_grad_(True),
+            CLIPTextModelWithProjection.from_pretrained(resume, subfolder="text_encoder").train().requires_grad_(True))
+
+
+def train_transformer(vq: VQModel, tokenizer: CLIPTokenizer, args: argparse.Namespace, save=None
+                      ) -> tuple[UVit2DModel, CLIPTextModelWithProjection]:
+    """The transformer and text encoder, trained jointly on the base world with the masked-token objective."""
+    pixels, captions = render("base", args.num_images, derive_seed(args.seed, 4), evaluation_captions("base"))
+    tokens = torch.cat([encode_image_tokens(vq, chunk) for chunk in pixels.split(256)])
+    input_ids = tokenize_prompts(tokenizer, captions)
+    empty_ids = tokenize_prompts(tokenizer, [""])
+    torch.manual_seed(derive_seed(args.seed, 5))
+    transformer, text_encoder = initial_transformer_and_text_encoder(args.resume, len(tokenizer))
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=0.05)
+    generator = torch.Generator().manual_seed(derive_seed(args.seed, 6))
+    micro_conds = torch.tensor(MICRO_CONDS).expand(args.batch_size, -1)
+    started = time.perf_counter()
+    for step in range(args.steps):
+        rows = torch.randint(len(tokens), (args.batch_size,), generator=generator)
+        batch = tokens[rows]
+        ratios = sample_mask_ratios(len(rows), 0.0, generator)
+        inputs, labels = apply_mask(batch, random_token_mask(ratios, batch[0].numel(), generator).view_as(batch),
+                                    transformer.config.vocab_size - 1)
+        hidden, pooled = encode_prompts(text_encoder, input_ids[rows])
+        drop = torch.rand(len(rows), generator=generator) < args.cond_dropout_prob
+        hidden, pooled = drop_conditioning(hidden, pooled, *encode_prompts(text_encoder, empty_ids), drop)
+        logits = transformer(inputs, micro_conds=micro_conds, pooled_text_emb=pooled, encoder_hidden_states=hidden)
+        loss = masked_token_loss(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % args.log_every == 0 or step == args.steps - 1:
+            print(f"transformer step {step + 1}/{args.steps} loss {loss.item():.4f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+        if save is not None and args.save_every and (step + 1) % args.save_every == 0:
+            save(transformer, text_encoder)
+    return transformer.eval().requires_grad_(False), text_encoder.eval().requires_grad_(False)
+
+
+def save_pipeline(folder: Path, transformer: UVit2DModel, vq: VQModel, text_encoder: CLIPTextModelWithProjection,
+                  tokenizer: CLIPTokenizer) -> None:
+    """Write the diffusers pipeline layout that AmusedPipeline.from_pretrained and `model.pretrained` load."""
+    folder.mkdir(parents=True, exist_ok=True)
+    transformer.save_pretrained(folder / "transformer")
+    vq.save_pretrained(folder / "vqvae")
+    text_encoder.save_pretrained(folder / "text_encoder")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    AmusedScheduler(mask_token_id=CODEBOOK, masking_schedule="cosine").save_pretrained(folder / "scheduler")
+    index = {**MODEL_INDEX, "_diffusers_version": diffusers.__version__}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output", type=Path, help="pipeline folder to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vq", type=Path, help="reuse the vqvae/ of this pipeline folder instead of training one")
+    parser.add_argument("--resume", type=Path, help="train the transformer and text encoder of this folder further")
+    parser.add_argument("--vq-steps", type=int, default=700)
+    parser.add_argument("--vq-batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=1500, help="transformer optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--cond-dropout-prob", type=float, default=0.1)
+    parser.add_argument("--num-images", type=int, default=4000, help="base-world training images")
+    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--save-every", type=int, default=0, help="also write the pipeline every N steps")
+    # One thread: on 2 cores shared with other work, two threads spin-wait on each other (10x slower steps).
+    parser.add_argument("--threads", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    vq = (VQModel.from_pretrained(args.vq, subfolder="vqvae") if args.vq
+          else train_vq(args.vq_steps, args.vq_batch_size, args.seed, args.log_every))
+    tokenizer = toy_tokenizer()
+    transformer, text_encoder = train_transformer(
+        vq, tokenizer, args, lambda *trained: save_pipeline(args.output, trained[0], vq, trained[1], tokenizer))
+    save_pipeline(args.output, transformer, vq, text_encoder, tokenizer)
+    print(f"wrote {args.output} in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

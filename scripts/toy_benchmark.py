@@ -1,0 +1,133 @@
+"""Measure the `toy` base model and the quickstart against issue 9's targets; write a section into BENCHMARKS.md.
+
+    python scripts/toy_benchmark.py [--skip-full] [--grid docs/quickstart-before-after.png]
+
+VQ cell accuracy on held-out images of the whole world; attribute accuracy of the base model on held-out base-world
+prompts and on held-out prompts of the held-back concept; the quickstart (wall time of its fit command, installs and
+dataset excluded) and a full finetune with the same data, and the same accuracies after each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from amused_lightning.components import Components, load_components
+from amused_lightning.decoding import GenerationSettings, decode_image_tokens, generate_images, to_pil
+from amused_lightning.encoding import encode_image_tokens
+from amused_lightning.image_metrics import ToyWorldScore, palette_cell_agreement
+from amused_lightning.toy_world import draw_character, evaluation_characters
+from amused_lightning.validation import image_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART_DATA = ["scripts/make_toy_dataset.py", "data/toy-teal-crown", "--world", "finetune", "--num-images",
+                   "72", "--size", "64"]
+QUICKSTART_FIT = ["-m", "amused_lightning", "fit", "--config", "configs/quickstart.yaml",
+                  "--trainer.enable_progress_bar", "false"]
+FULL_FINETUNE = ["--model.lora", "null", "--model.optimizer.init_args.lr", "3e-4",
+                 "--trainer.default_root_dir", "runs/quickstart-full"]
+SECTION = "## Toy world (issue 9)"
+
+
+def vq_cell_accuracy(parts: Components, count: int = 64) -> float:
+    """Share of cells of held-out toy images (whole world) whose reconstruction has the right palette colour."""
+    images = [draw_character(c, 64) for c in evaluation_characters("all", count)]
+    pixels = torch.from_numpy(np.stack([np.asarray(image) for image in images])).permute(0, 3, 1, 2).float() / 255
+    reconstructions = to_pil(decode_image_tokens(parts.vqvae, encode_image_tokens(parts.vqvae, pixels)))
+    return sum(palette_cell_agreement(a, b) for a, b in zip(images, reconstructions)) / len(images)
+
+
+def draw(parts: Components, prompts: list[str], seed: int = 0) -> list:
+    """Images of `prompts` with the pipeline's default sampling settings."""
+    return generate_images(parts.transformer, parts.vqvae, parts.text_encoder, parts.tokenizer, prompts,
+                           GenerationSettings(), seed, None, parts.transformer.config.vocab_size - 1)
+
+
+def world_scores(parts: Components) -> dict[str, dict[str, float]]:
+    """ToyWorldScore on the held-out prompts of the base world and of the held-back concept."""
+    scores = {}
+    for world in ("base", "finetune"):
+        prompts = [c.caption() for c in evaluation_characters(world)]
+        scores[world] = ToyWorldScore()(prompts, draw(parts, prompts))
+    return scores
+
+
+def timed_fit(extra: list[str]) -> float:
+    """Seconds the quickstart's fit command takes, run as a user would run it."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, *QUICKSTART_FIT, *extra], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def before_after_grid(before: Components, after: Components, path: Path) -> None:
+    """The quickstart's validation prompts drawn before (top row) and after (bottom row) finetuning."""
+    prompts = yaml.safe_load((ROOT / "configs/quickstart.yaml").read_text())["model"]["validation"]["prompts"]
+    images = draw(before, prompts) + draw(after, prompts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, columns=len(prompts)).save(path, optimize=True)
+
+
+def row(name: str, scores: dict[str, dict[str, float]]) -> str:
+    """One table row: base-world accuracy and held-back accuracy."""
+    return (f"| {name} | {scores['base']['toy_accuracy']:.1%} | {scores['finetune']['toy_held_back']:.1%} | "
+            f"{scores['finetune']['toy_accuracy']:.1%} |")
+
+
+def publish(lines: list[str]) -> None:
+    """Replace (or add) this script's section of BENCHMARKS.md."""
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    head = text.split(SECTION)[0].rstrip() + "\n\n"
+    rest = text.split(SECTION)[1] if SECTION in text else ""
+    tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
+    path.write_text(head + "\n".join([SECTION, "", *lines]) + "\n" + tail)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-full", action="store_true", help="skip the full-finetune run")
+    parser.add_argument("--grid", type=Path, default=ROOT / "docs" / "quickstart-before-after.png")
+    args = parser.parse_args()
+    base = load_components("toy")
+    results = {"base": world_scores(base)}
+    vq = vq_cell_accuracy(base)
+    subprocess.run([sys.executable, *QUICKSTART_DATA], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    runs = [("quickstart (LoRA)", [], "runs/quickstart")]
+    if not args.skip_full:
+        runs.append(("full finetune", FULL_FINETUNE, "runs/quickstart-full"))
+    seconds = {}
+    for name, extra, folder in runs:
+        shutil.rmtree(ROOT / folder, ignore_errors=True)
+        seconds[name] = timed_fit(extra)
+        after = load_components(str(ROOT / folder / "export"))
+        results[name] = world_scores(after)
+        if not extra:
+            before_after_grid(base, after, args.grid)
+    lines = [f"`python scripts/toy_benchmark.py` on {datetime.date.today()}, torch {torch.__version__}, "
+             f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}, shared with other jobs), "
+             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}. Accuracies: share of the attributes "
+             "each prompt names that the image shows (`ToyWorldScore`), 32 held-out prompts per world, seed 0, "
+             "12 steps, guidance 10.", "",
+             f"- VQ: {vq:.2%} of cells of 64 held-out images reconstructed to the right palette colour.",
+             *[f"- `{name}` fit command: {value:.0f} s wall time (start-up, training, validation, export)."
+               for name, value in seconds.items()], "",
+             "| model | base world, all attributes | held-back concept (teal, crown) | held-back prompts, "
+             "all attributes |", "|---|---|---|---|",
+             row("`toy` base", results.pop("base")), *[row(f"after {name}", s) for name, s in results.items()]]
+    publish(lines)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The embedded `toy` pipeline: it loads by name and in diffusers, draws the base world; the script rebuilds it."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from amused_lightning.components import EMBEDDED, load_components
+from amused_lightning.decoding import GenerationSettings, generate_images
+from amused_lightning.image_metrics import ToyWorldScore
+from amused_lightning.toy_world import evaluation_characters
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_components("toy")
+
+
+def draw(parts, prompts: list[str], seed: int = 0) -> list:
+    return generate_images(parts.transformer, parts.vqvae, parts.text_encoder, parts.tokenizer, prompts,
+                           GenerationSettings(), seed, None, parts.transformer.config.vocab_size - 1)
+
+
+def test_shipped_pipeline_is_small_safetensors():
+    files = [path for path in EMBEDDED["toy"].rglob("*") if path.is_file()]
+    assert sum(path.stat().st_size for path in files) < 25e6
+    assert not [path for path in files if path.suffix in (".bin", ".pt", ".ckpt")]
+
+
+def test_toy_name_means_the_embedded_pipeline_even_beside_a_folder_called_toy(tmp_path, monkeypatch, toy):
+    (tmp_path / "toy").mkdir()
+    monkeypatch.chdir(tmp_path)
+    again = load_components("toy")
+    assert torch.equal(next(again.transformer.parameters()), next(toy.transformer.parameters()))
+
+
+# What the shipped weights reach on these prompts, held so they do not regress. The issue's target is 0.9 (not met
+# yet: see BENCHMARKS.md); raise this floor with the weights.
+BASE_ACCURACY_FLOOR = 0.45
+
+
+def test_base_model_draws_held_out_base_prompts_above_its_floor(toy):
+    prompts = [c.caption() for c in evaluation_characters("base", 8)]
+    assert ToyWorldScore()(prompts, draw(toy, prompts))["toy_accuracy"] >= BASE_ACCURACY_FLOOR
+
+
+def test_amused_pipeline_loads_the_shipped_folder_and_draws_our_images(toy):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from diffusers import AmusedPipeline
+
+        pipe = AmusedPipeline.from_pretrained(str(EMBEDDED["toy"]))
+    prompts = [c.caption() for c in evaluation_characters("base", 2)]
+    theirs = pipe(prompts, generator=torch.Generator().manual_seed(0)).images
+    ours = draw(toy, prompts)
+    assert [image.tobytes() for image in theirs] == [image.tobytes() for image in ours]
+
+
+def test_rebuild_script_runs_a_few_steps_and_writes_a_loadable_pipeline(tmp_path):
+    from build_toy_model import main, toy_tokenizer
+
+    main([str(tmp_path / "toy"), "--vq-steps", "2", "--vq-batch-size", "2", "--steps", "2", "--batch-size", "2",
+          "--num-images", "8", "--log-every", "1"])
+    parts = load_components(str(tmp_path / "toy"))
+    images = draw(parts, [evaluation_characters("base", 1)[0].caption()])
+    assert images[0].size == (64, 64)
+    assert toy_tokenizer().tokenize("a teal crown-shaped head") == ["a</w>", "teal</w>", "crown</w>", "-</w>",
+                                                                   "shaped</w>", "head</w>"]
