@@ -59,8 +59,8 @@ def test_held_out_loss_falls_on_quickstart_data(tmp_path):
     build(tmp_path / "toy", num_images=40, size=64, seed=0)
     # The quickstart's settings on the random-weight `tiny` preset, fully trained: a loss with far to fall.
     cli = cli_main(["--config", str(QUICKSTART), "--data.source.path", str(tmp_path / "toy"),
-                    "--model.pretrained", "tiny",
-                    "--model.lora", "null", "--model.image_metrics", "[]", "--data.val_samples", "32",
+                    "--model.pretrained", "tiny", "--model.lora", "null", "--export.merge_lora", "false",
+                    "--model.image_metrics", "[]", "--data.val_samples", "32",
                     "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_steps", "200",
                     "--trainer.enable_progress_bar", "false", "--validation_steps", "100"], run=False)
     cli.datamodule.connect(cli.model.frozen_encoders())  # what `fit` does before training
