@@ -24,7 +24,7 @@ COMMANDS = {
     "validate": Command("score a checkpoint on the held-out data and draw its validation images",
                         "amused_lightning.cli:validate"),
     "export": Command("write a checkpoint as a diffusers pipeline folder and LoRA file",
-                      "amused_lightning.export:main"),
+                      "amused_lightning.export_command:main"),
     "generate": Command("draw images for prompts from a checkpoint, a pipeline folder, or a base model and LoRA",
                         "amused_lightning.generate:main"),
 }

@@ -58,9 +58,12 @@ class ObjectiveArgs:
     """Lower bound of the per-image mask ratio (drawn from the cosine schedule)."""
     cond_dropout_prob: float = 0.0
     """Probability that a sample trains on the empty prompt instead of its own (what guidance needs)."""
+    label_smoothing: float = 0.0
+    """Share of each target spread over the whole codebook (open-muse pretrains with 0.1): it bounds the logits of
+    codes that never occur at a place, which classifier-free guidance would otherwise amplify into speckles."""
 
     def __post_init__(self) -> None:
-        for name in ("min_masking_rate", "cond_dropout_prob"):
+        for name in ("min_masking_rate", "cond_dropout_prob", "label_smoothing"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SettingError(f"model.objective.{name}={getattr(self, name)} must lie in [0, 1]")
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from amused_lightning.errors import SettingError
+from amused_lightning.formats import WEIGHT_CHOICES
 
 
 @dataclass
@@ -81,9 +82,6 @@ class TrainedWeightsEMA:
         if state.keys() != self.shadow.keys():
             raise SettingError("the checkpoint's EMA weights do not match this model's trained parameters")
         self.shadow = {name: state[name].float().to(self.shadow[name].device) for name in self.shadow}
-
-
-WEIGHT_CHOICES = ("auto", "ema", "trained")
 
 
 def resolve_weights(has_ema: bool, weights: str | None) -> str:

@@ -1,11 +1,7 @@
-"""Turn a run checkpoint into diffusers files: a LoRA safetensors file and/or a complete AmusedPipeline folder.
-
-    python -m amused_lightning export runs/x/checkpoints/last.ckpt out/ [--weights ema|trained] [--merge-lora]
-"""
+"""Turn a run checkpoint into diffusers files: a LoRA safetensors file and/or a complete AmusedPipeline folder."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -25,13 +21,13 @@ from transformers.utils import logging as transformers_logging
 
 from amused_lightning.adapters import has_lora, lora_metadata, lora_state_dict
 from amused_lightning.components import SUBFOLDERS, Components
-from amused_lightning.ema import EMA, WEIGHT_CHOICES, find_ema
+from amused_lightning.ema import EMA, find_ema
 from amused_lightning.errors import ExistingOutputError, SettingError
-from amused_lightning.pipeline import ModelSpec, TrainedPipeline, read_checkpoint
+from amused_lightning.formats import LORA_WEIGHT_NAME, WEIGHT_CHOICES
+from amused_lightning.pipeline import ModelSpec, TrainedPipeline
 
 log = logging.getLogger(__name__)
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 MODEL_INDEX = {
     "_class_name": "AmusedPipeline",
     "scheduler": ["diffusers", "AmusedScheduler"],
@@ -180,22 +176,3 @@ class FinalExport(L.Callback):
         for path in export_pipeline(pipeline, Path(trainer.default_root_dir) / "export", self.merge_lora, True):
             log.info("exported %s weights to %s", pipeline.weights, path)
 
-
-def main(argv: list[str] | None = None) -> list[Path]:
-    parser = argparse.ArgumentParser(prog="python -m amused_lightning export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a .ckpt written by `fit`")
-    parser.add_argument("output", type=Path, help="folder to write the LoRA file and pipeline into")
-    parser.add_argument("--weights", choices=WEIGHT_CHOICES, default=None,
-                        help="EMA or raw trained weights (default: ema when the run kept one)")
-    parser.add_argument("--merge-lora", action="store_true",
-                        help="fold LoRA adapters into the pipeline weights (then no separate LoRA file is written)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an export already in the folder")
-    args = parser.parse_args(argv)
-    checkpoint = read_checkpoint(args.checkpoint)
-    check_merge_lora(ModelSpec.from_hparams(checkpoint["hyper_parameters"]), args.merge_lora, "--merge-lora")
-    pipeline = TrainedPipeline.from_checkpoint(checkpoint, args.weights)
-    written = export_pipeline(pipeline, args.output, args.merge_lora, args.overwrite)
-    for path in written:
-        print(f"wrote {path}")
-    return written

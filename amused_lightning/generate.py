@@ -10,15 +10,13 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from amused_lightning.decoding import GenerationSettings, check_generation_settings
-from amused_lightning.ema import WEIGHT_CHOICES
 from amused_lightning.errors import ExistingOutputError
-from amused_lightning.export import LORA_WEIGHT_NAME
-from amused_lightning.pipeline import TrainedPipeline
-from amused_lightning.progress import iterate
+from amused_lightning.formats import LORA_WEIGHT_NAME, WEIGHT_CHOICES
+
+if TYPE_CHECKING:
+    from amused_lightning.pipeline import TrainedPipeline
 
 
 def output_names(prompts: list[str], num_images: int) -> list[str]:
@@ -32,6 +30,8 @@ def output_names(prompts: list[str], num_images: int) -> list[str]:
 
 def load_pipeline(args: argparse.Namespace) -> TrainedPipeline:
     """The model named by exactly one of --checkpoint, --pipeline, --pretrained (+ --lora)."""
+    from amused_lightning.pipeline import TrainedPipeline
+
     if args.checkpoint:
         return TrainedPipeline.from_file(args.checkpoint, args.weights)
     # An unmerged export keeps its adapters in a LoRA file beside the base weights: apply it as diffusers would.
@@ -75,6 +75,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse(argv)
+    # torch and diffusers load only once the arguments are known good: `--help` and usage errors stay instant.
+    import torch
+
+    from amused_lightning.decoding import GenerationSettings, check_generation_settings
+    from amused_lightning.progress import iterate
+
     settings = GenerationSettings(num_inference_steps=args.steps, guidance_scale=args.guidance_scale)
     check_generation_settings(settings, "--steps")
     paths = [args.output / name for name in output_names(args.prompts, args.num_images)]

@@ -8,11 +8,12 @@ import torch.nn.functional as F
 from amused_lightning.masking import IGNORE_INDEX
 
 
-def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy of (B, C, H, W) logits against (B, H, W) labels (or (M, C) against (M,)), averaged over the
-    masked tokens only."""
+    masked tokens only, optionally against labels smoothed towards uniform."""
     # Under autocast cross_entropy already runs in fp32; an explicit upcast would only add a second logits copy.
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="mean")
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="mean",
+                           label_smoothing=label_smoothing)
 
 
 def masked_token_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

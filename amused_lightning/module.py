@@ -84,7 +84,7 @@ class AmusedModule(L.LightningModule):
             batch_size: Per-device batch size, for `lr_schedule.scale_lr` (linked to data.batch_size).
             lora: Train a LoRA adapter on the transformer instead of all its weights.
             text_encoder: Whether and how the text encoder trains.
-            objective: Masking and conditioning dropout of the masked-token objective.
+            objective: Masking, conditioning dropout and label smoothing of the masked-token objective.
             memory: Memory and speed levers that leave the loss unchanged.
             validation: Prompts drawn and mask ratios scored at each validation.
             image_metrics: Scorers of the validation images against their prompts, logged as val/<name>.
@@ -189,7 +189,8 @@ class AmusedModule(L.LightningModule):
         if dropout > 0:
             drop = torch.rand(tokens.shape[0], generator=generator, device=self.device) < dropout
             hidden, pooled = drop_conditioning(hidden, pooled, *self.empty_prompt_embeddings(), drop)
-        loss = masked_token_loss(*self.masked_logits(tokens, mask, hidden, pooled, batch["micro_conds"]))
+        logits, labels = self.masked_logits(tokens, mask, hidden, pooled, batch["micro_conds"])
+        loss = masked_token_loss(logits, labels, self.objective.label_smoothing)
         self.train_loss.update(loss.detach())
         self.train_masking_rate.update(ratios)
         return loss

@@ -175,7 +175,7 @@ def train_transformer(vq: VQModel, tokenizer: CLIPTokenizer, args: argparse.Name
         drop = torch.rand(len(rows), generator=generator) < args.cond_dropout_prob
         hidden, pooled = drop_conditioning(hidden, pooled, *encode_prompts(text_encoder, empty_ids), drop)
         logits = transformer(inputs, micro_conds=micro_conds, pooled_text_emb=pooled, encoder_hidden_states=hidden)
-        loss = masked_token_loss(logits, labels)
+        loss = masked_token_loss(logits, labels, args.label_smoothing)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -214,6 +214,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--cond-dropout-prob", type=float, default=0.1)
+    parser.add_argument("--label-smoothing", type=float, default=0.1,
+                        help="keeps guidance from amplifying codes that never occur at a place")
     parser.add_argument("--num-images", type=int, default=4000, help="base-world training images")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=0, help="also write the pipeline every N steps")

@@ -7,8 +7,8 @@ from diffusers import AmusedPipeline, UVit2DModel
 from amused_lightning.__main__ import main
 from amused_lightning.components import load_components
 from amused_lightning.ema import find_ema
-from amused_lightning.export import LORA_WEIGHT_NAME
-from amused_lightning.export import main as export_main
+from amused_lightning.export_command import main as export_main
+from amused_lightning.formats import LORA_WEIGHT_NAME
 
 from helpers import fit
 

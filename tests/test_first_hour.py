@@ -44,10 +44,12 @@ def tiny_fit(root: Path, dataset: Path, *extra: str) -> list[str]:
 
 
 def test_help_is_instant_and_a_parse_error_is_one_line():
-    probe = "import sys; from amused_lightning.__main__ import main; main(['--help']); print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
-    assert out.strip().endswith("False"), "--help imports no torch"
+    for argv in (["--help"], ["generate", "--help"], ["export", "--help"]):
+        probe = (f"import sys; from amused_lightning.__main__ import main\ntry: main({argv})\nexcept SystemExit: pass"
+                 "\nprint('torch' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+        assert out.strip().endswith("False"), f"{argv} imports no torch"
     result = command("fit", "--trainer.max_stepz", "3")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
@@ -58,6 +60,10 @@ def test_user_mistakes_end_with_one_line(tmp_path, toy_dataset, capsys):
     line = fails_with(capsys, *tiny_fit(tmp_path, toy_dataset, "--model.objective.min_masking_rate", "2"))
     assert "model.objective.min_masking_rate=2.0 must lie in [0, 1]" in line
     assert "no such folder" in fails_with(capsys, *tiny_fit(tmp_path, toy_dataset, "--model.pretrained", "./nope"))
+    line = fails_with(capsys, *tiny_fit(tmp_path, toy_dataset, "--data.source.path", "data/not-made-yet"))
+    assert "data.source.path='data/not-made-yet'" in line and "as no folder" in line and "not-made-yet' exists" in line
+    line = fails_with(capsys, *tiny_fit(tmp_path, toy_dataset, "--data.source.path", "./data/not-made-yet"))
+    assert line.startswith("error: data.source.path='./data/not-made-yet': no such folder")
     line = fails_with(capsys, *tiny_fit(tmp_path, toy_dataset, "--ckpt_path", "nope.ckpt"))
     assert "ckpt_path='nope.ckpt': no such checkpoint file" in line
     assert "ema.enabled is false" in fails_with(capsys, *tiny_fit(tmp_path, toy_dataset, "--ema.decay", "0.9"))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from amused_lightning.export import main as export_main
+from amused_lightning.export_command import main as export_main
 from amused_lightning.generate import main as generate_main
 
 from helpers import fit

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from amused_lightning.batch import IMAGE_TOKENS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
 from amused_lightning.data.transforms import has_unique_crop, preprocess_image
@@ -30,6 +29,7 @@ from amused_lightning.encoding import (
     pixels_per_token,
     tokenize_prompts,
 )
+from amused_lightning.progress import iterate
 from amused_lightning.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,8 @@ class CacheBuilder:
         conds = np.lib.format.open_memmap(folder / "micro_conds.npy", "w+", np.float32, (len(rows), spec.crops, 5))
         num_crops = np.zeros(len(rows), dtype=np.int16)
         text = None
-        for start in tqdm(range(0, len(rows), self.batch_size), desc="pre-encoding", unit="batch"):
+        starts = range(0, len(rows), self.batch_size)
+        for start in iterate(starts, len(starts), "pre-encoding batch", "batches"):
             images, prompts = zip(*(source[row] for row in rows[start:start + self.batch_size]))
             crops = _crops(spec, images, rows[start:start + len(images)], require_unique_crops)
             if crops is None:

@@ -134,16 +134,24 @@ class HFDataset(DataSource):
 def open_hf_dataset(path: str, split: str) -> datasets.Dataset:
     """`load_from_disk` for a save_to_disk folder, else `load_dataset(path, split=split)`."""
     local = Path(path).expanduser()
+    if not local.exists() and not could_be_hub_id(path):
+        raise DataSourceError(f"data.source.path={path!r}: no such folder ({local.absolute()})")
     try:
         if (local / "dataset_dict.json").exists() or (local / "state.json").exists():
             loaded = datasets.load_from_disk(str(local))
             return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         return datasets.load_dataset(path, split=split)
     except (ConnectionError, FileNotFoundError, KeyError, ValueError) as error:
-        where = "local folder" if local.exists() else "Hugging Face Hub dataset (is the hub reachable?)"
+        where = ("local folder" if local.exists() else
+                 f"Hugging Face Hub dataset, as no folder {str(local.absolute())!r} exists (is the hub reachable?)")
         raise DataSourceError(f"data.source.path={path!r} split {split!r}: could not open it as a {where}: {error}. "
                               "A local folder of parquet/arrow files, an imagefolder or a save_to_disk folder "
                               "works offline.") from error
+
+
+def could_be_hub_id(path: str) -> bool:
+    """Whether `path` has the shape of a Hub id (`name` or `owner/name`) rather than only of a file path."""
+    return path.count("/") <= 1 and not path.startswith((".", "/", "~")) and "\\" not in path
 
 
 class ImageFolder(DataSource):

@@ -1,0 +1,7 @@
+"""Names shared by the files we write and the commands that read them: no heavy imports, so `--help` is instant."""
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+"""The LoRA file of an export, under the name diffusers' `load_lora_weights` looks for."""
+
+WEIGHT_CHOICES = ("auto", "ema", "trained")
+"""Which weights of a checkpoint to use: the EMA when one was kept ("auto"), the average, or the raw weights."""
