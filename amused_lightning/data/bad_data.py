@@ -57,7 +57,7 @@ def prompt_problem(prompt: object) -> str | None:
     return None
 
 
-def image_problem(data: ImageData) -> str | None:
+def image_problem(data: ImageData | None) -> str | None:
     """Why the image cannot be used, judging from its header and PIL's verify pass (no full decode), or None."""
     try:
         with _bombs_as_errors(), _open(data) as image:
@@ -67,7 +67,7 @@ def image_problem(data: ImageData) -> str | None:
     return None
 
 
-def load_image(data: ImageData) -> Image.Image:
+def load_image(data: ImageData | None) -> Image.Image:
     """The image fully decoded; UnusableImage saying why it cannot be."""
     try:
         with _bombs_as_errors():
@@ -78,8 +78,10 @@ def load_image(data: ImageData) -> Image.Image:
         raise UnusableImage(_reason(error)) from error
 
 
-def _open(data: ImageData) -> Image.Image:
-    """PIL's lazy open of an image given as bytes or as a path; an empty one is refused as such."""
+def _open(data: ImageData | None) -> Image.Image:
+    """PIL's lazy open of an image given as bytes or as a path; an absent or empty one is refused as such."""
+    if data is None:
+        raise UnusableImage("no image (None)")
     if isinstance(data, bytes):
         if not data:
             raise UnusableImage("empty file (0 bytes)")
