@@ -67,7 +67,8 @@ def hf_dataset(folder: Path, bad: bool = True) -> tuple[Path, dict[int, str]]:
         gone = folder / "gone.png"
         gone.write_bytes(encoded(noise_image(102)))
         kinds = [({"bytes": data, "path": None}, "broken", reason) for reason, data in broken_images().items()]
-        kinds += [({"bytes": None, "path": str(gone)}, "gone", "missing image file"), (None, "no image", "no image (None)"),
+        kinds += [({"bytes": None, "path": str(gone)}, "gone", "missing image file"),
+                  (None, "no image", "no image (None)"),
                   ({"bytes": encoded(noise_image(103)), "path": None}, None, "no prompt (None)"),
                   ({"bytes": encoded(noise_image(104)), "path": None}, 7, "the prompt is int 7, not text")]
         for image, prompt, reason in kinds:

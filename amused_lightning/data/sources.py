@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset(suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 # A single image is repeated to fill this many batches per epoch, so loaders are not restarted every step.
 SINGLE_IMAGE_BATCHES_PER_EPOCH = 100
-SCAN_BATCH = 256  # rows a dataset's scan reads at once
 
 
 class DataSourceError(ValueError):
@@ -176,14 +175,6 @@ class HFDataset(DataSource):
 
     def problem(self, row: int) -> str | None:
         return prompt_problem(self.prompts[row]) or image_problem(_image_data(self.encoded_images[row][self.image_key]))
-
-    @cached_property
-    def bad_rows(self) -> dict[int, str]:
-        """The rows the scan before training finds unusable, with the reason (images read in batches)."""
-        images = (image for batch in self.encoded_images.iter(batch_size=SCAN_BATCH) for image in batch[self.image_key])
-        problems = ((row, prompt_problem(prompt) or image_problem(_image_data(image)))
-                    for row, (image, prompt) in enumerate(zip(images, self.prompts)))
-        return {row: problem for row, problem in scan_progress(problems, len(self)) if problem}
 
     def __getitem__(self, row: int) -> tuple[Image.Image, str]:
         return self.decoded(row, _image_data(self.encoded_images[row][self.image_key])), self.prompts[row]
