@@ -232,8 +232,8 @@ class AmusedDataModule(L.LightningDataModule):
 
     def teardown(self, stage: str) -> None:
         if stage == "fit" and self.skipped_samples:
-            log.warning("data.on_bad_image=skip: %d bad rows left out before training, %d draws passed over a bad "
-                        "row (named in the warnings above; %s)", self._left_out, self._replaced, SKIPPED_METRIC)
+            log.warning("data.on_bad_image=skip: bad rows left out before training: %d; draws that passed over a bad "
+                        "row: %d (named in the warnings above; %s)", self._left_out, self._replaced, SKIPPED_METRIC)
 
     def state_dict(self) -> dict[str, int]:
         if self._consumed is None:
