@@ -18,6 +18,7 @@ from amused_lightning.module import AmusedModule
 from amused_lightning.placement import FrozenPlacement
 from amused_lightning.progress import StepProgress, held_out_table
 from amused_lightning.resume import StartStep, check_ckpt_path, run_logger
+from amused_lightning.trainer_checks import check_trainer_settings
 
 
 def batches_between_validations(validation_steps: int, accumulate_grad_batches: int) -> int:
@@ -90,6 +91,7 @@ class AmusedCLI(LightningCLI):
         parser.link_arguments("seed_everything", "data.seed")
 
     def before_instantiate_classes(self) -> None:
+        check_trainer_settings(self._get(self.config, "trainer"))
         # A process-wide switch, so it belongs to the entry point rather than to the model.
         if self._get(self.config, "allow_tf32"):  # _get: also without a subcommand (cli_main(run=False))
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

@@ -47,10 +47,12 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, toy_dataset):
     resumed = fit(tmp_path / "resumed", toy_dataset, "--trainer.max_steps", "4", "--ckpt_path", "last", *common)
     assert resumed.trainer.global_step == 4
     checkpoint = torch.load(tmp_path / "resumed" / "checkpoints" / "step=2.ckpt", weights_only=False)
-    assert checkpoint["AmusedDataModule"] == {"epoch": 0, "position": 8}
+    assert checkpoint["AmusedDataModule"] == {"epoch": 0, "position": 8, "replaced": 0}
     expected, actual = transformer_weights(straight), transformer_weights(resumed)
     assert max((expected[k] - actual[k]).abs().max().item() for k in expected) <= 1e-6
-    initial = transformer_weights(fit(tmp_path / "none", toy_dataset, "--trainer.max_steps", "0"))
+    # One step at learning rate 0 keeps the initial weights (max_steps 0 is refused as training nothing).
+    initial = transformer_weights(fit(tmp_path / "none", toy_dataset, "--trainer.max_steps", "1",
+                                      "--model.optimizer", "torch.optim.AdamW", "--model.optimizer.init_args.lr", "0"))
     assert max((expected[k] - initial[k]).abs().max().item() for k in expected) > 1e-3, "training moved weights"
 
 

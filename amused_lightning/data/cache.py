@@ -2,7 +2,8 @@
 
 A cache lives in <cache_dir>/<key>/, the key hashing everything its contents depend on (the data, the frozen
 encoders, the transform settings, the rows, the text dtype), so a changed setting can never read a stale cache.
-Each image keeps up to `crops` pre-encoded random crops (a single one when its crop is unique and unflipped).
+Each image keeps up to `crops` pre-encoded random crops (a single one when its crop is unique and unflipped). A row
+whose image turns out bad while encoding keeps none, and the reason (under data.on_bad_image=skip).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from amused_lightning.batch import IMAGE_TOKENS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
+from amused_lightning.data.bad_data import BadImageError
 from amused_lightning.data.transforms import has_unique_crop, preprocess_image
 from amused_lightning.encoding import (
     FrozenEncoders,
@@ -67,6 +69,7 @@ class TokenCache:
         self.micro_conds = np.load(folder / "micro_conds.npy", mmap_mode="r")  # (N, K, 5)
         self.num_crops = np.load(folder / "num_crops.npy")  # (N,)
         self.has_text = self.meta["text_precision"] is not None
+        self.bad = {int(index): message for index, message in self.meta.get("bad", {}).items()}
         if self.has_text:
             self.hidden = np.load(folder / "hidden.npy", mmap_mode="r")
             self.pooled = np.load(folder / "pooled.npy", mmap_mode="r")
@@ -79,7 +82,10 @@ class TokenCache:
         return TokenCache, (self.folder,)
 
     def sample(self, row: int, seed: int) -> dict[str, torch.Tensor]:
-        """One of the row's cached crops, chosen by `seed`, with its micro_conds and prompt embeddings."""
+        """One of the row's cached crops, chosen by `seed`, with its micro_conds and prompt embeddings; BadImageError
+        for a row whose image could not be encoded."""
+        if row in self.bad:
+            raise BadImageError(self.bad[row])
         crop = random.Random(seed).randrange(int(self.num_crops[row]))
         sample = {IMAGE_TOKENS: torch.from_numpy(self.tokens[row, crop].astype(np.int64)),
                   MICRO_CONDS: torch.from_numpy(np.array(self.micro_conds[row, crop]))}
@@ -92,9 +98,10 @@ class TokenCache:
 class CacheBuilder:
     """Finds the cache of a spec under `root`, encoding it first with the connected frozen encoders when absent."""
 
-    def __init__(self, root: Path, encoders: FrozenEncoders, device: torch.device, autocast, batch_size: int):
+    def __init__(self, root: Path, encoders: FrozenEncoders, device: torch.device, autocast, batch_size: int,
+                 on_bad_image: str):
         self.root, self.encoders, self.device = root, encoders, device
-        self.autocast, self.batch_size = autocast, batch_size
+        self.autocast, self.batch_size, self.on_bad_image = autocast, batch_size, on_bad_image
 
     def get(self, spec: CacheSpec, source, rows: list[int], exact_only: bool, build: bool) -> TokenCache | None:
         """The cache of `rows` of `source`, built first if absent and `build`. With `exact_only`, None when some image
@@ -139,26 +146,44 @@ class CacheBuilder:
         tokens = np.lib.format.open_memmap(folder / "tokens.npy", "w+", np.int16, (len(rows), spec.crops, grid, grid))
         conds = np.lib.format.open_memmap(folder / "micro_conds.npy", "w+", np.float32, (len(rows), spec.crops, 5))
         num_crops = np.zeros(len(rows), dtype=np.int16)
-        text = None
+        text, bad = None, {}
         starts = range(0, len(rows), self.batch_size)
         for start in iterate(starts, len(starts), "pre-encoding batch", "batches"):
-            images, prompts = zip(*(source[row] for row in rows[start:start + self.batch_size]))
-            crops = _crops(spec, images, rows[start:start + len(images)], require_unique_crops)
+            loaded = self._load(source, rows, range(start, min(start + self.batch_size, len(rows))), bad)
+            if not loaded:
+                continue
+            indices, images, prompts = (list(column) for column in zip(*loaded))
+            crops = _crops(spec, images, [rows[index] for index in indices], require_unique_crops)
             if crops is None:
                 return False
-            num_crops[start:start + len(images)] = [len(image_crops) for image_crops in crops]
+            num_crops[indices] = [len(image_crops) for image_crops in crops]
             with torch.no_grad():
-                _encode_crops(self.encoders.vqvae, crops, tokens, conds, start, self.device)
+                _encode_crops(self.encoders.vqvae, crops, tokens, conds, indices, self.device)
                 if spec.text_precision is not None:
-                    hidden, pooled = self._encode_prompts(list(prompts))
+                    hidden, pooled = self._encode_prompts(prompts)
                     text = text or _text_arrays(folder, len(rows), hidden, pooled)
-                    text[0][start:start + len(prompts)] = hidden.float().cpu().numpy()
-                    text[1][start:start + len(prompts)] = pooled.float().cpu().numpy()
+                    text[0][indices] = hidden.float().cpu().numpy()
+                    text[1][indices] = pooled.float().cpu().numpy()
         np.save(folder / "num_crops.npy", num_crops)
         for array in (tokens, conds, *(text or ())):
             array.flush()
-        (folder / "meta.json").write_text(json.dumps({**asdict(spec), "format": CACHE_FORMAT}, indent=2))
+        meta = {**asdict(spec), "format": CACHE_FORMAT, "bad": {str(index): reason for index, reason in bad.items()}}
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2))
         return True
+
+    def _load(self, source, rows: list[int], indices: range, bad: dict[int, str]) -> list[tuple]:
+        """(index, image, prompt) of each of `indices` whose row decodes; a bad one is put in `bad` (under "skip",
+        else it raises)."""
+        loaded = []
+        for index in indices:
+            try:
+                loaded.append((index, *source[rows[index]]))
+            except BadImageError as error:
+                if self.on_bad_image == "error":
+                    raise
+                log.warning("skipping %s (data.on_bad_image=skip; a draw of it takes the next row)", error)
+                bad[index] = str(error)
+        return loaded
 
     def _encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """CLIP's outputs for `prompts`, under the run's precision."""
@@ -182,16 +207,16 @@ def _crops(spec: CacheSpec, images, rows: list[int], require_unique_crops: bool)
     return crops
 
 
-def _encode_crops(vqvae, crops: list[list[dict]], tokens, conds, start: int, device) -> None:
-    """VQ-encode all crops of a batch of images in one call and store them per image."""
+def _encode_crops(vqvae, crops: list[list[dict]], tokens, conds, indices: list[int], device) -> None:
+    """VQ-encode all crops of a batch of images in one call and store them at the images' `indices`."""
     flat = [sample for image_crops in crops for sample in image_crops]
     pixels = torch.stack([sample[PIXEL_VALUES] for sample in flat]).to(device)
     encoded = encode_image_tokens(vqvae, pixels).cpu().numpy()
     index = 0
-    for offset, image_crops in enumerate(crops):
+    for image_index, image_crops in zip(indices, crops):
         for crop, sample in enumerate(image_crops):
-            tokens[start + offset, crop] = encoded[index]
-            conds[start + offset, crop] = sample[MICRO_CONDS].numpy()
+            tokens[image_index, crop] = encoded[index]
+            conds[image_index, crop] = sample[MICRO_CONDS].numpy()
             index += 1
 
 

@@ -4,6 +4,7 @@ and an optional pre-encoded cache of image tokens and prompt embeddings."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -13,13 +14,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from amused_lightning.batch import POSITION, Batch
+from amused_lightning.data.bad_data import ON_BAD_IMAGE, BadImageError, apply_to_scan
 from amused_lightning.data.cache import CacheBuilder, CacheSpec, TokenCache
-from amused_lightning.data.datasets import CachedDataset, PixelDataset
+from amused_lightning.data.datasets import REPLACED, CachedDataset, PixelDataset
 from amused_lightning.data.sampler import ResumableSampler
-from amused_lightning.data.sources import DataSource, DataSourceError
+from amused_lightning.data.sources import DataSource, DataSourceError, Split
 from amused_lightning.encoding import FrozenEncoders, pixels_per_token
 
+log = logging.getLogger(__name__)
 CACHE_MODES = ("auto", "on", "off")
+SKIPPED_METRIC = "train/skipped_samples"
 
 
 class AmusedDataModule(L.LightningDataModule):
@@ -39,6 +43,7 @@ class AmusedDataModule(L.LightningDataModule):
         cache_crops: int = 8,
         cache_dir: str | None = None,
         seed: int = 0,
+        on_bad_image: str = "skip",
     ):
         """
         Args:
@@ -60,6 +65,12 @@ class AmusedDataModule(L.LightningDataModule):
             cache_dir: Where caches live, one folder per combination of data, encoders and settings (default:
                 $AMUSED_LIGHTNING_CACHE, else ~/.cache/amused_lightning).
             seed: Seed of the shuffling and the crops (linked to seed_everything).
+            on_bad_image: What a bad row does (an image missing, empty, undecodable, truncated or over PIL's
+                MAX_IMAGE_PIXELS; a prompt missing or not text). "skip" (the default, as community trainers do: one
+                broken file in a large set should not cost a night of training): the row is named in a warning,
+                counted in `train/skipped_samples`, and training goes on without it. "error": the run stops,
+                naming the row, before training for what the scan of prompts and image headers finds, else when
+                the row is drawn.
         """
         super().__init__()
         self.save_hyperparameters(ignore="source")
@@ -67,8 +78,12 @@ class AmusedDataModule(L.LightningDataModule):
         for name in ("resolution", "batch_size", "val_samples", "cache_crops"):
             if getattr(self.hparams, name) < 1:
                 raise DataSourceError(f"data.{name}={getattr(self.hparams, name)} must be positive")
+        if num_workers < 0:
+            raise DataSourceError(f"data.num_workers={num_workers} must be 0 (load in the training process) or more")
         if cache not in CACHE_MODES:
             raise DataSourceError(f"data.cache={cache!r} is not one of {list(CACHE_MODES)}")
+        if on_bad_image not in ON_BAD_IMAGE:
+            raise DataSourceError(f"data.on_bad_image={on_bad_image!r} is not one of {list(ON_BAD_IMAGE)}")
         self.source = source
         self.encoders: FrozenEncoders | None = None
         self._split = None
@@ -77,6 +92,9 @@ class AmusedDataModule(L.LightningDataModule):
         self._sampler: ResumableSampler | None = None
         self._resume: tuple[int, int] | None = None
         self._consumed: tuple[int, int] | None = None
+        self._left_out = 0  # bad rows the scan left out
+        self._replaced = 0  # draws that passed over a bad row, in this run and the runs it resumes
+        self._logged_skipped: int | None = None
 
     def connect(self, encoders: FrozenEncoders) -> None:
         """Receive the model's tokenizer and frozen encoders: the cache is encoded with them and keyed by their
@@ -111,18 +129,31 @@ class AmusedDataModule(L.LightningDataModule):
 
     def _dataset(self, source: DataSource, rows: list[int], cache: TokenCache | None, center_crop: bool,
                  random_flip: bool) -> Dataset:
-        tokenizer = self.encoders.tokenizer
+        tokenizer, hp = self.encoders.tokenizer, self.hparams
         if cache is not None:
-            return CachedDataset(cache, source, rows, sorted(set(rows)), tokenizer)
+            return CachedDataset(cache, source, rows, sorted(set(rows)), tokenizer, hp.on_bad_image)
+        return PixelDataset(source, rows, tokenizer, hp.resolution, center_crop, random_flip, hp.aesthetic_score,
+                            hp.on_bad_image)
+
+    def _checked_split(self) -> Split:
+        """The split of the rows the scan finds usable, the others reported as data.on_bad_image says."""
         hp = self.hparams
-        return PixelDataset(source, rows, tokenizer, hp.resolution, center_crop, random_flip, hp.aesthetic_score)
+        self._report_scan(self.source)
+        split = self.source.split_rows(hp.val_samples, hp.seed, hp.batch_size, self._world_size())
+        if split.held_out is not self.source:
+            self._report_scan(split.held_out)
+        return split
+
+    def _report_scan(self, source: DataSource) -> None:
+        apply_to_scan(source.bad_rows, source.where, len(source), self.hparams.on_bad_image)
+        self._left_out += len(source.bad_rows)
 
     def _caches(self, build: bool) -> tuple[TokenCache | None, TokenCache | None]:
         """The training and held-out caches, built if absent and `build`; None when caching is off or would change
         training (then the held-out rows are not cached either)."""
         hp = self.hparams
         if self._split is None:
-            self._split = self.source.split_rows(hp.val_samples, hp.seed, hp.batch_size, self._world_size())
+            self._split = self._checked_split()
         if hp.cache == "off":
             return None, None
         builder = self._cache_builder()
@@ -134,6 +165,9 @@ class AmusedDataModule(L.LightningDataModule):
             return None, None
         val = builder.get(self.cache_spec(split.held_out, split.held_out_rows, True, False, 1), split.held_out,
                           sorted(set(split.held_out_rows)), exact_only=False, build=build)
+        known_bad = [message for cache in (train, val) if cache is not None for message in cache.bad.values()]
+        if known_bad and hp.on_bad_image == "error":  # a cache built under "skip" knows them before training
+            raise BadImageError(known_bad[0])
         return train, val
 
     def cache_spec(self, source: DataSource, rows: list[int], center_crop: bool, random_flip: bool,
@@ -149,9 +183,10 @@ class AmusedDataModule(L.LightningDataModule):
         root = self.hparams.cache_dir or os.environ.get("AMUSED_LIGHTNING_CACHE", "~/.cache/amused_lightning")
         if self.trainer is None:
             return CacheBuilder(Path(root).expanduser(), self.encoders, torch.device("cpu"), nullcontext,
-                                self.hparams.batch_size)
+                                self.hparams.batch_size, self.hparams.on_bad_image)
         return CacheBuilder(Path(root).expanduser(), self.encoders, self.trainer.strategy.root_device,
-                            self.trainer.precision_plugin.forward_context, self.hparams.batch_size)
+                            self.trainer.precision_plugin.forward_context, self.hparams.batch_size,
+                            self.hparams.on_bad_image)
 
     def _precision(self) -> str:
         return str(self.trainer.precision) if self.trainer is not None else "32-true"
@@ -175,17 +210,39 @@ class AmusedDataModule(L.LightningDataModule):
 
     def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         # Runs when the loop takes a training batch for a step (not when it is prefetched): the exact resume point.
+        replaced = int(batch.pop(REPLACED).sum()) if REPLACED in batch else 0
         if self.trainer is not None and self.trainer.training:
             self._consumed = (self.trainer.current_epoch, int(batch[POSITION].max()) + 1)
+            self._replaced += replaced
+            self._log_skipped()
         return batch
+
+    @property
+    def skipped_samples(self) -> int:
+        """Bad rows left out before training, plus draws that passed over a bad row."""
+        return self._left_out + self._replaced
+
+    def _log_skipped(self) -> None:
+        """`train/skipped_samples` to the loggers, at the first step and whenever it grows."""
+        if self.skipped_samples == self._logged_skipped or not self.trainer.is_global_zero:
+            return
+        self._logged_skipped = self.skipped_samples
+        for logger in self.trainer.loggers:
+            logger.log_metrics({SKIPPED_METRIC: float(self.skipped_samples)}, step=self.trainer.global_step)
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and self.skipped_samples:
+            log.warning("data.on_bad_image=skip: bad rows left out before training: %d; draws that passed over a bad "
+                        "row: %d (named in the warnings above; %s)", self._left_out, self._replaced, SKIPPED_METRIC)
 
     def state_dict(self) -> dict[str, int]:
         if self._consumed is None:
             return {}
-        return {"epoch": self._consumed[0], "position": self._consumed[1]}
+        return {"epoch": self._consumed[0], "position": self._consumed[1], "replaced": self._replaced}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         if state_dict:
             self._resume = (state_dict["epoch"], state_dict["position"])
+            self._replaced = state_dict.get("replaced", 0)
             if self._sampler is not None:
                 self._sampler.resume_at(*self._resume)

@@ -1,5 +1,8 @@
 """The torch Datasets the loaders read, keyed by the sampler's (index, seed, position): one builds a `PixelBatch`
-sample from the source's images, the other an `EncodedBatch` sample from the pre-encoded cache."""
+sample from the source's images, the other an `EncodedBatch` sample from the pre-encoded cache.
+
+A row that turns out bad when drawn is passed over for the next one, the same in both (see `bad_data.draw`); each
+sample says how many it passed over (`REPLACED`), which the DataModule counts and removes."""
 
 from __future__ import annotations
 
@@ -9,49 +12,67 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from amused_lightning.batch import INPUT_IDS, POSITION
+from amused_lightning.data.bad_data import draw
 from amused_lightning.data.cache import TokenCache
 from amused_lightning.data.sources import DataSource
 from amused_lightning.data.transforms import preprocess_image
 from amused_lightning.encoding import tokenize_prompts
 
+REPLACED = "replaced"
 
-class PixelDataset(Dataset):
+
+class RowDataset(Dataset):
+    """Samples of `self.rows`, a bad one passed over for the next (as `on_bad_image` says)."""
+
+    rows: list[int]
+    on_bad_image: str
+    known_bad: set[int]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
+        index, seed, position = key
+        sample, replaced = draw(lambda i: self._sample(i, seed), index, len(self), self.on_bad_image, self.known_bad)
+        sample[POSITION], sample[REPLACED] = position, replaced
+        return sample
+
+    def _sample(self, index: int, seed: int) -> dict[str, Any]:
+        """The sample of `self.rows[index]`, its random choices drawn from `seed`."""
+        raise NotImplementedError
+
+
+class PixelDataset(RowDataset):
     """Preprocessed pixels, micro_conds and prompt token ids of `rows` of `source`."""
 
     def __init__(self, source: DataSource, rows: list[int], tokenizer, resolution: int, center_crop: bool,
-                 random_flip: bool, aesthetic_score: float):
-        self.source, self.rows, self.tokenizer = source, rows, tokenizer
+                 random_flip: bool, aesthetic_score: float, on_bad_image: str):
+        self.source, self.rows, self.tokenizer, self.on_bad_image = source, rows, tokenizer, on_bad_image
         self.transform = dict(resolution=resolution, center_crop=center_crop, random_flip=random_flip,
                               aesthetic_score=aesthetic_score)
+        self.known_bad: set[int] = set()
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
-        index, seed, position = key
+    def _sample(self, index: int, seed: int) -> dict[str, Any]:
         image, prompt = self.source[self.rows[index]]
         sample = preprocess_image(image, rng=random.Random(seed), **self.transform)
         sample[INPUT_IDS] = tokenize_prompts(self.tokenizer, [prompt])[0]
-        sample[POSITION] = position
         return sample
 
 
-class CachedDataset(Dataset):
+class CachedDataset(RowDataset):
     """Pre-encoded image tokens (one of each row's cached crops, drawn by the key's seed) and prompt embeddings
     (or prompt token ids, when the cache holds no text because the text encoder trains)."""
 
-    def __init__(self, cache: TokenCache, source: DataSource, rows: list[int], cache_rows: list[int], tokenizer):
+    def __init__(self, cache: TokenCache, source: DataSource, rows: list[int], cache_rows: list[int], tokenizer,
+                 on_bad_image: str):
         self.cache, self.source, self.rows, self.tokenizer = cache, source, rows, tokenizer
         self.cache_index = {row: i for i, row in enumerate(cache_rows)}
+        self.on_bad_image = on_bad_image
+        self.known_bad: set[int] = set()
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
-        index, seed, position = key
+    def _sample(self, index: int, seed: int) -> dict[str, Any]:
         row = self.rows[index]
         sample = self.cache.sample(self.cache_index[row], seed)
         if not self.cache.has_text:
             sample[INPUT_IDS] = tokenize_prompts(self.tokenizer, [self.source.prompt(row)])[0]
-        sample[POSITION] = position
         return sample

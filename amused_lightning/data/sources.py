@@ -1,7 +1,8 @@
 """The three kinds of training data, chosen by `data.source`: a Hugging Face dataset, a folder of images, one image.
 
 Each source holds its own settings, opens its data on first use (parsing a config opens nothing), names what its
-contents depend on (`identity`, part of the cache key), and splits itself into training and held-out rows.
+contents depend on (`identity`, part of the cache key), finds its bad rows before training (`bad_rows`, see
+`bad_data`), and splits the others into training and held-out rows.
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ from typing import NamedTuple
 
 import datasets
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from amused_lightning.data.bad_data import (
+    BadImageError,
+    ImageData,
+    UnusableImage,
+    image_problem,
+    load_image,
+    prompt_problem,
+    scan_progress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +72,46 @@ class DataSource(ABC):
         """The prompt of `row`, without decoding its image."""
         raise NotImplementedError
 
+    @abstractmethod
+    def where(self, row: int) -> str:
+        """`row` named for a warning or an error: its dataset and index, or its file."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def problem(self, row: int) -> str | None:
+        """Why `row` cannot be used, judging from its prompt and its image's header, or None."""
+        raise NotImplementedError
+
+    @cached_property
+    def bad_rows(self) -> dict[int, str]:
+        """The rows the scan before training finds unusable, with the reason."""
+        problems = ((row, self.problem(row)) for row in range(len(self)))
+        return {row: problem for row, problem in scan_progress(problems, len(self)) if problem}
+
+    def usable_rows(self) -> list[int]:
+        """The rows the scan finds nothing wrong with; an error when there is none."""
+        rows = [row for row in range(len(self)) if row not in self.bad_rows]
+        if not rows:
+            row, reason = next(iter(self.bad_rows.items()))
+            raise DataSourceError(f"data.source ({type(self).__name__}) has no usable row: all {len(self)} are bad, "
+                                  f"for example {self.where(row)}: {reason}")
+        return rows
+
+    def decoded(self, row: int, data: ImageData | None) -> Image.Image:
+        """The image `data` of `row`, fully decoded; BadImageError naming the row and why when it cannot be."""
+        try:
+            return load_image(data)
+        except UnusableImage as error:
+            raise BadImageError(f"{self.where(row)}: {error}") from error
+
     def split_rows(self, val_samples: int, seed: int, batch_size: int, world_size: int) -> Split:
-        """(training rows, held-out source, held-out rows): `val_samples` rows held out of training, at most a tenth
-        of them; under ten rows, (some of) the training rows themselves are scored."""
-        count = min(val_samples, len(self) // 10)
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).tolist()
+        """(training rows, held-out source, held-out rows) among the usable rows: `val_samples` held out of
+        training, at most a tenth of them; under ten rows, (some of) the training rows themselves are scored."""
+        rows = self.usable_rows()
+        count = min(val_samples, len(rows) // 10)
+        order = [rows[i] for i in torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()]
         if count == 0:
-            return Split(list(range(len(self))), self, sorted(order[:val_samples]))
+            return Split(rows, self, sorted(order[:val_samples]))
         return Split(sorted(order[count:]), self, sorted(order[:count]))
 
 
@@ -99,11 +143,21 @@ class HFDataset(DataSource):
                                   f"{rows.column_names}")
         if len(rows) == 0:
             raise DataSourceError(f"data.source.path={self.path!r} split {self.split!r} has no rows")
+        if not isinstance(rows.features[self.image_key], datasets.Image):
+            raise DataSourceError(f"data.source.image_key={self.image_key!r}: the column holds "
+                                  f"{rows.features[self.image_key]}, not images")
         return rows
 
     @cached_property
-    def prompts(self) -> list[str]:
-        return [(self.prompt_prefix or "") + prompt for prompt in self.rows[self.prompt_key]]
+    def encoded_images(self) -> datasets.Dataset:
+        """The image column, its images left encoded (bytes or path): decoded here, so a bad one can be named."""
+        return self.rows.select_columns([self.image_key]).cast_column(self.image_key, datasets.Image(decode=False))
+
+    @cached_property
+    def prompts(self) -> list[object]:
+        """The prompts, prefixed; a missing or non-text one is kept as is, for the scan to report."""
+        prefix = self.prompt_prefix or ""
+        return [prefix + prompt if isinstance(prompt, str) else prompt for prompt in self.rows[self.prompt_key]]
 
     @cached_property
     def identity(self) -> str:
@@ -116,19 +170,21 @@ class HFDataset(DataSource):
     def prompt(self, row: int) -> str:
         return self.prompts[row]
 
+    def where(self, row: int) -> str:
+        return f"data.source.path={self.path!r} split {self.split!r} row {row}"
+
+    def problem(self, row: int) -> str | None:
+        return prompt_problem(self.prompts[row]) or image_problem(_image_data(self.encoded_images[row][self.image_key]))
+
     def __getitem__(self, row: int) -> tuple[Image.Image, str]:
-        image = self.rows[row][self.image_key]
-        if not isinstance(image, Image.Image):
-            raise DataSourceError(f"data.source.image_key={self.image_key!r}: row {row} holds "
-                                  f"{type(image).__name__}, not an image")
-        return image, self.prompts[row]
+        return self.decoded(row, _image_data(self.encoded_images[row][self.image_key])), self.prompts[row]
 
     def split_rows(self, val_samples: int, seed: int, batch_size: int, world_size: int) -> Split:
         """With `val_split`, all of `split` trains and the first `val_samples` rows of `val_split` are scored."""
         if self.val_split is None:
             return super().split_rows(val_samples, seed, batch_size, world_size)
         held_out = HFDataset(self.path, self.val_split, self.image_key, self.prompt_key, self.prompt_prefix)
-        return Split(list(range(len(self))), held_out, list(range(min(val_samples, len(held_out)))))
+        return Split(self.usable_rows(), held_out, held_out.usable_rows()[:val_samples])
 
 
 def open_hf_dataset(path: str, split: str) -> datasets.Dataset:
@@ -149,13 +205,21 @@ def open_hf_dataset(path: str, split: str) -> datasets.Dataset:
                               "works offline.") from error
 
 
+def _image_data(stored: dict | None) -> ImageData | None:
+    """An image as datasets stores it (`{"bytes", "path"}`): its bytes, else its file path; None when absent."""
+    if stored is None:
+        return None
+    return stored["bytes"] if stored.get("bytes") is not None else stored.get("path")
+
+
 def could_be_hub_id(path: str) -> bool:
     """Whether `path` has the shape of a Hub id (`name` or `owner/name`) rather than only of a file path."""
     return path.count("/") <= 1 and not path.startswith((".", "/", "~")) and "\\" not in path
 
 
 class ImageFolder(DataSource):
-    """Every readable image in a folder, prompted by its file name without the suffix; other files are ignored."""
+    """Every image file in a folder (by suffix), prompted by its file name without the suffix; other files are
+    ignored, unreadable images are bad rows (see data.on_bad_image)."""
 
     def __init__(self, path: str):
         """
@@ -169,11 +233,9 @@ class ImageFolder(DataSource):
         root = Path(self.path).expanduser()
         if not root.is_dir():
             raise DataSourceError(f"data.source.path={self.path!r} is not a folder")
-        candidates = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        paths = [path for path in candidates if _is_readable(path)]
+        paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
-            raise DataSourceError(f"data.source.path={self.path!r} holds no readable image "
-                                  f"({len(candidates)} image files found)")
+            raise DataSourceError(f"data.source.path={self.path!r} holds no readable image (0 image files found)")
         return paths
 
     @cached_property
@@ -186,9 +248,15 @@ class ImageFolder(DataSource):
     def prompt(self, row: int) -> str:
         return self.paths[row].stem
 
+    def where(self, row: int) -> str:
+        return f"image file {str(self.paths[row])!r}"
+
+    def problem(self, row: int) -> str | None:
+        return image_problem(self.paths[row])
+
     def __getitem__(self, row: int) -> tuple[Image.Image, str]:
         path = self.paths[row]
-        return Image.open(path), path.stem
+        return self.decoded(row, path), path.stem
 
 
 class SingleImage(DataSource):
@@ -203,14 +271,14 @@ class SingleImage(DataSource):
 
     @cached_property
     def image(self) -> Image.Image:
+        """The image, decoded; an error whatever data.on_bad_image says when it cannot be (nothing would train)."""
         path = Path(self.path).expanduser()
         if not path.is_file():
             raise DataSourceError(f"data.source.path={self.path!r} is not a file")
-        if not _is_readable(path):
-            raise DataSourceError(f"data.source.path={self.path!r} is not a readable image")
-        image = Image.open(path)
-        image.load()
-        return image
+        try:
+            return load_image(path)
+        except UnusableImage as error:
+            raise DataSourceError(f"data.source.path={self.path!r} is not a readable image: {error}") from error
 
     @cached_property
     def identity(self) -> str:
@@ -223,26 +291,26 @@ class SingleImage(DataSource):
     def prompt(self, row: int) -> str:
         return Path(self.path).stem
 
+    def where(self, row: int) -> str:
+        return f"image file {self.path!r}"
+
+    def problem(self, row: int) -> str | None:
+        self.image  # noqa: B018 (raises when unreadable)
+        return None
+
     def __getitem__(self, row: int) -> tuple[Image.Image, str]:
         return self.image, self.prompt(row)
 
     def split_rows(self, val_samples: int, seed: int, batch_size: int, world_size: int) -> Split:
         """The image repeated to fill `SINGLE_IMAGE_BATCHES_PER_EPOCH` batches on every device, and scored itself."""
+        self.image  # noqa: B018 (checks the file first)
         return Split([0] * (batch_size * world_size * SINGLE_IMAGE_BATCHES_PER_EPOCH), self, [0])
 
 
 def _file_identity(path: Path) -> str:
-    """A file's path, size and modification time: it changes whenever the file does."""
-    stat = path.stat()
-    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
-def _is_readable(path: Path) -> bool:
-    """Whether PIL can open and verify the file (without a full decode); an unreadable one is logged."""
+    """A file's path, size and modification time: it changes whenever the file does (or goes)."""
     try:
-        with Image.open(path) as image:
-            image.verify()
-        return True
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        log.warning("skipping unreadable image %s: %s", path, error)
-        return False
+        stat = path.stat()
+    except FileNotFoundError:
+        return f"{path.resolve()}:missing"
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
