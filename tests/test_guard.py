@@ -6,14 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_first_hour import fails_with, tiny_fit
 from torch import nn
 
 from amused_lightning import module
 from amused_lightning.__main__ import main
 from amused_lightning.errors import NonFiniteError
 from amused_lightning.guard import NonFiniteGuard, SkipCounter
-
-from test_first_hour import fails_with, tiny_fit
 
 
 def finite_checkpoint(path) -> int:
@@ -27,7 +26,8 @@ def test_a_nan_loss_stops_before_the_update(tmp_path, toy_dataset, capsys):
     # lr 1e30 in fp32: the first update makes the weights huge, the next forward pass gives a NaN loss.
     with pytest.raises(SystemExit) as exit_info:
         main(tiny_fit(tmp_path, toy_dataset, "--trainer.max_steps", "5", "--model.optimizer.init_args.lr", "1e30",
-                      "--checkpoint.every_n_train_steps", "1", "--model.validation.prompts", '["a pixel art character"]'))
+                      "--checkpoint.every_n_train_steps", "1",
+                      "--model.validation.prompts", '["a pixel art character"]'))
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 1
     assert error.startswith("error: optimizer step 2: the loss is nan; training stopped before the update"), error

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_first_hour import tiny_fit
 
 from helpers import fit, transformer_weights
-from test_first_hour import tiny_fit
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = "8"
