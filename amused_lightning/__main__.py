@@ -43,7 +43,8 @@ def usage() -> str:
 
 
 def run(command: str, argv: list[str], console: Console) -> None:
-    """Run `command`; a mistake in what the user asked for ends with one `error:` line and exit code 2."""
+    """Run `command`; a mistake in what the user asked for ends with one `error:` line and exit code 2, a run that
+    stopped itself (non-finite values, a signal) with one line and its own exit code."""
     module, function = COMMANDS[command].target.split(":")
     try:
         target = getattr(importlib.import_module(module), function)
@@ -55,7 +56,7 @@ def run(command: str, argv: list[str], console: Console) -> None:
         parsing = isinstance(error, argparse.ArgumentError)
         hint = f" (see `python -m amused_lightning {command} --help`)" if parsing else ""
         print(one_line(error) + hint, file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(error, "exit_code", 2)) from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,17 @@ from amused_lightning.data import AmusedDataModule
 from amused_lightning.ema import EMA
 from amused_lightning.errors import ExistingOutputError, SettingError
 from amused_lightning.export import FinalExport
+from amused_lightning.guard import NonFiniteGuard
 from amused_lightning.module import AmusedModule
+from amused_lightning.pipeline import read_checkpoint
 from amused_lightning.placement import FrozenPlacement
+from amused_lightning.preemption import Preemption
 from amused_lightning.progress import StepProgress, held_out_table
-from amused_lightning.resume import StartStep, check_ckpt_path, run_logger
+from amused_lightning.resume import StartStep, check_ckpt_path, check_resume_settings, resolve_last, run_logger
+from amused_lightning.run_lock import RunLock, is_first_process, lock_run_folder
 from amused_lightning.trainer_checks import check_trainer_settings
+
+log = logging.getLogger(__name__)
 
 
 def batches_between_validations(validation_steps: int, accumulate_grad_batches: int) -> int:
@@ -52,7 +59,16 @@ def display_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
 
 
 class AmusedCLI(LightningCLI):
-    """LightningCLI whose checkpoints keep the newest K by step, plus `last`, in <default_root_dir>/checkpoints."""
+    """LightningCLI whose checkpoints keep the newest K by step, plus `last`, in <default_root_dir>/checkpoints;
+    one `fit` at a time per run folder."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.run_lock: RunLock | None = None
+        try:
+            super().__init__(*args, **kwargs)  # parses, builds and runs the subcommand
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -64,6 +80,8 @@ class AmusedCLI(LightningCLI):
         parser.add_lightning_class_args(FinalExport, "export")
         parser.add_lightning_class_args(EMA, "ema")
         parser.add_lightning_class_args(FrozenPlacement, "placement")
+        parser.add_lightning_class_args(NonFiniteGuard, "guard")
+        parser.add_lightning_class_args(Preemption, "preemption")  # after "checkpoint": see Preemption
         parser.add_argument("--validation_steps", type=int, default=100,
                             help="Optimizer steps between validations (held-out loss and images); also at the end.")
         parser.add_argument("--allow_tf32", type=bool, default=False,
@@ -95,6 +113,10 @@ class AmusedCLI(LightningCLI):
         # A process-wide switch, so it belongs to the entry point rather than to the model.
         if self._get(self.config, "allow_tf32"):  # _get: also without a subcommand (cli_main(run=False))
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        # Before the model loads: a second run into a busy folder fails at once.
+        if self.subcommand == "fit" and is_first_process():
+            root = self._get(self.config, "trainer", default={}).get("default_root_dir") or "."
+            self.run_lock = lock_run_folder(root)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer, with our progress display and summary, and for `fit` one TensorBoard run across resumes."""
@@ -109,7 +131,6 @@ class AmusedCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
-        self.datamodule.connect(self.model.frozen_encoders())
         check_ckpt_path(self.config[self.subcommand].get("ckpt_path"))
         folder = Path(self.config_init[self.subcommand]["checkpoint"].dirpath)
         existing = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
@@ -119,6 +140,18 @@ class AmusedCLI(LightningCLI):
                 f"({existing[-1].name}, ...): resume with --ckpt_path last, or set another "
                 "trainer.default_root_dir. Nothing was overwritten."
             )
+        self._resolve_resume(folder)
+        self.datamodule.connect(self.model.frozen_encoders())
+
+    def _resolve_resume(self, checkpoints: Path) -> None:
+        """Hand Lightning the file `--ckpt_path last` means, after checking the settings against the checkpoint's."""
+        ckpt_path = resolve_last(self.config_init[self.subcommand].get("ckpt_path"), checkpoints,
+                                 Path(self.trainer.default_root_dir))
+        self.config_init[self.subcommand]["ckpt_path"] = ckpt_path
+        if ckpt_path is not None:
+            old = read_checkpoint(ckpt_path).get("hyper_parameters", {})
+            for line in check_resume_settings(old, self.model.hparams, ckpt_path):
+                log.info(line)
 
     def after_fit(self) -> None:
         # Validate the final weights unless the last step was just validated, or this fit resumed a finished run

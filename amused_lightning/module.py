@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -39,7 +40,7 @@ from amused_lightning.heads import enable_masked_head, logits_only_at
 from amused_lightning.image_metrics import ImageMetric, evaluate_image_metrics
 from amused_lightning.loss import masked_token_loss, masked_token_scores
 from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
-from amused_lightning.optim import lr_schedule, parameter_groups
+from amused_lightning.optim import group_settings, lr_schedule, parameter_groups, reapply_settings
 from amused_lightning.pipeline import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_MARK,
@@ -49,6 +50,8 @@ from amused_lightning.pipeline import (
 )
 from amused_lightning.seeding import derive_seed
 from amused_lightning.validation import held_out_mask, held_out_scores, log_validation_images, save_validation_images
+
+log = logging.getLogger(__name__)
 
 # The frozen VQ model and text encoder are kept in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -107,11 +110,13 @@ class AmusedModule(L.LightningModule):
         self._apply_memory_levers()
         # Checkpoints hold only trained weights; the frozen parts come back from `pretrained`.
         self.strict_loading = False
-        self.train_loss, self.train_masking_rate = MeanMetric(), MeanMetric()
+        # A NaN loss is the guard's to report (guard.py: it stops the run, or counts an fp16 skip), not a warning here.
+        self.train_loss, self.train_masking_rate = MeanMetric(nan_strategy="ignore"), MeanMetric()
         self.val_losses = nn.ModuleList(MeanMetric() for _ in self.validation.mask_ratios)
         self.val_accuracies = nn.ModuleList(MeanMetric() for _ in self.validation.mask_ratios)
         self.last_validated_step: int | None = None
         self._empty_prompt: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._configured_groups: list[dict[str, Any]] = []
         self.train()  # frozen parts in eval mode from the start, so the model summary shows what trains
 
     def _apply_memory_levers(self) -> None:
@@ -256,7 +261,15 @@ class AmusedModule(L.LightningModule):
                 group["lr"] *= factor
         scheduler = lr_schedule(self.schedule.name, optimizer, self.schedule.warmup_steps,
                                 int(self.trainer.estimated_stepping_batches))
+        self._configured_groups = group_settings(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        # A checkpoint's optimizer and scheduler states carry its learning rate and settings: the configured ones win.
+        if self.trainer.ckpt_path is not None:
+            for line in reapply_settings(self.optimizers(use_pl_optimizer=False), self.lr_schedulers(),
+                                         self._configured_groups):
+                log.info(line)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The configured optimizer over the trained parameters, in weight-decay groups."""

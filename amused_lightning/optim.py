@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from diffusers.models.normalization import GlobalResponseNorm, RMSNorm
@@ -35,3 +36,28 @@ def lr_schedule(name: str, optimizer: torch.optim.Optimizer, warmup_steps: int,
                 total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-optimizer-step schedule; warmup counts optimizer steps, whatever the number of devices."""
     return get_scheduler(name, optimizer=optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
+def group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Each parameter group's settings (initial_lr, betas, weight_decay, ...) without its parameters."""
+    return [{key: value for key, value in group.items() if key not in ("params", "lr")}
+            for group in optimizer.param_groups]
+
+
+def reapply_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                     configured: list[dict[str, Any]]) -> list[str]:
+    """After a checkpoint's optimizer and scheduler states were loaded: the configured settings replace those it
+    carried, and the learning rate follows the configured schedule from the restored step. Returns what changed."""
+    changed: dict[str, str] = {}
+    for group, settings in zip(optimizer.param_groups, configured):
+        for key, value in settings.items():
+            if group.get(key) != value:
+                name = "learning rate" if key == "initial_lr" else f"model.optimizer {key}"
+                changed.setdefault(name, f"{name} changed on resume: {group.get(key)} -> {value}")
+                group[key] = value
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    rates = [base * rate(scheduler.last_epoch) for rate, base in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
+    for group, lr in zip(optimizer.param_groups, rates):
+        group["lr"] = lr
+    scheduler._last_lr = rates  # what get_last_lr() reports until the next scheduler step
+    return list(changed.values())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 
+import lightning as L
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -102,3 +104,16 @@ def image_steps(root: Path) -> dict[str, list[int]]:
         for tag in accumulator.Tags()["images"]:
             steps.setdefault(tag, []).extend(e.step for e in accumulator.Images(tag))
     return {tag: sorted(values) for tag, values in steps.items()}
+
+
+class SignalAt(L.Callback):
+    """Sends `signum` to its own process at the end of training micro-batch `batch` (counted from 0): a signal at a
+    chosen point, for subprocess runs."""
+
+    def __init__(self, signum: int = 15, batch: int = 0):
+        self.signum, self.batch, self.seen = signum, batch, 0
+
+    def on_train_batch_end(self, *args) -> None:
+        if self.seen == self.batch:
+            os.kill(os.getpid(), self.signum)
+        self.seen += 1

@@ -1,0 +1,102 @@
+"""Non-finite values never reach the weights: a NaN or infinite loss or gradient stops the run before the optimizer
+step, and no checkpoint is written with a non-finite weight. Under fp16 the loss scaler's skipped steps are counted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from amused_lightning.errors import NonFiniteError, SettingError
+
+ADVICE = ("lower model.optimizer.init_args.lr, set trainer.gradient_clip_val, or use bf16-mixed, then continue from "
+          "the last good checkpoint with --ckpt_path last")
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether no tensor holds a NaN or infinity (one device sync for all of them)."""
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def first_non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first tensor holding a NaN or infinity, if any."""
+    return next((name for name, tensor in named if not torch.isfinite(tensor).all()), None)
+
+
+class SkipCounter:
+    """Optimizer steps the fp16 loss scaler skipped: in all, and in a row (a few in a row are normal: each skip
+    halves the scale until the gradients fit in fp16)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.total, self.in_a_row = limit, 0, 0
+
+    def record(self, skipped: bool) -> bool:
+        """Count one step; True when `limit` skips in a row say the run is broken rather than the scale too high."""
+        self.total += skipped
+        self.in_a_row = self.in_a_row + 1 if skipped else 0
+        return self.in_a_row >= self.limit
+
+
+def checkpoint_folder(trainer: L.Trainer) -> str:
+    """Where the run's good checkpoints are, for the error message."""
+    callback = trainer.checkpoint_callback
+    return str(getattr(callback, "dirpath", None) or Path(trainer.default_root_dir) / "checkpoints")
+
+
+class NonFiniteGuard(L.Callback):
+    """Checks the loss and the gradients before each optimizer step, and the trained weights before each checkpoint;
+    under 16-mixed counts the steps the loss scaler skips (`train/skipped_steps`)."""
+
+    def __init__(self, max_skipped_in_a_row: int = 25):
+        """
+        Args:
+            max_skipped_in_a_row: Under 16-mixed, stop after this many optimizer steps in a row that the loss scaler
+                skipped for non-finite gradients (25 skips take its scale from 65536 down to 2^-9).
+        """
+        if max_skipped_in_a_row < 1:
+            raise SettingError(f"guard.max_skipped_in_a_row={max_skipped_in_a_row} must be at least 1")
+        self.skips = SkipCounter(max_skipped_in_a_row)
+        self._losses: list[torch.Tensor] = []
+
+    @staticmethod
+    def _scaled(trainer: L.Trainer) -> bool:
+        """Whether fp16's loss scaler runs: it skips steps with non-finite gradients itself."""
+        return getattr(trainer.precision_plugin, "scaler", None) is not None
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        # Kept as tensors and checked once per optimizer step: no device sync per micro-batch.
+        if not self._scaled(trainer):
+            self._losses.append(loss.detach())
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        losses, self._losses = self._losses, []
+        grads = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
+        finite = all_finite([*losses, *(grad for _, grad in grads)])
+        if self._scaled(trainer):
+            if self.skips.record(not finite):
+                self._stop(trainer, trainer.global_step + 1,
+                           f"the fp16 loss scaler skipped {self.skips.in_a_row} optimizer steps in a row for "
+                           "non-finite gradients (guard.max_skipped_in_a_row)")
+            pl_module.log("train/skipped_steps", float(self.skips.total))
+        elif not finite:
+            bad_loss = next((loss for loss in losses if not torch.isfinite(loss).all()), None)
+            what = (f"the loss is {bad_loss.item()}" if bad_loss is not None
+                    else f"the gradient of {first_non_finite(grads)} is not finite")
+            self._stop(trainer, trainer.global_step + 1, f"{what}; training stopped before the update")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # The last line of defence: an update that overflowed leaves finite gradients but infinite weights.
+        trained = ((name, p.detach()) for name, p in pl_module.named_parameters() if p.requires_grad)
+        name = first_non_finite(trained)
+        if name is not None:
+            self._stop(trainer, trainer.global_step,
+                       f"the weight {name} is not finite after the update; training stopped and no checkpoint was "
+                       "written")
+
+    @staticmethod
+    def _stop(trainer: L.Trainer, step: int, what: str) -> None:
+        raise NonFiniteError(f"optimizer step {step}: {what} (the last good checkpoint is in "
+                             f"{checkpoint_folder(trainer)}): {ADVICE}")
