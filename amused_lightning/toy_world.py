@@ -1,8 +1,9 @@
 """The toy world: nouns-like pixel-art characters from a known layout, palette and caption grammar.
 
 A character is a background, a body colour, a head shape and colour, and a glasses colour, drawn on a 16x16 grid of
-cells. The world splits in two: the base world never shows the held-back concept (one colour word and one head
-shape); the finetuning world shows it in every character, for teaching it to a base model afterwards.
+cells. The world splits in two: the base world never names the held-back concept (one colour word and one head
+shape; the colour shows only as an unnamed head colour); the finetuning world names it in every character, for
+teaching it to a base model afterwards.
 """
 
 from __future__ import annotations
@@ -82,15 +83,15 @@ def random_character(rng: random.Random) -> Character:
 
 
 def in_world(character: Character, world: str) -> bool:
-    """Whether a character belongs to `world`: base never shows the held-back concept, finetune always names it."""
+    """Whether a character belongs to `world`: base never names the held-back concept, finetune always does."""
     if world not in WORLDS:
         raise ValueError(f"world={world!r} must be one of {WORLDS}")
     if world == "all":
         return True
     named_held_back = bool(held_back_attributes(character))
-    if world == "finetune":
-        return named_held_back
-    return not named_held_back and character.head_color != HELD_BACK_COLOR
+    # The held-back colour still shows as an unnamed head colour in the base world: the base model can draw it (as
+    # amused-256 has codes for every colour) but has never heard its word, which is what finetuning teaches.
+    return named_held_back if world == "finetune" else not named_held_back
 
 
 def held_back_attributes(character: Character) -> list[str]:
