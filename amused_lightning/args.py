@@ -80,10 +80,17 @@ class MemoryArgs:
     """Evaluate the output head only where the loss needs it (same loss, less memory)."""
     compile: bool = False
     """Compile the transformer with torch.compile."""
+    release_gradients: bool = True
+    """Free the gradients right after each optimizer step rather than before the next backward (same weights)."""
+    decode_chunk_size: int | None = 1
+    """Validation images per VQ decoder call (each 512 px image holds about 0.6 GB of fp32 activations); all at once
+    when unset, as AmusedPipeline decodes. Other sizes give the same pixels to fp32 rounding, far below 1/255."""
 
     def __post_init__(self) -> None:
-        if self.vq_chunk_size is not None and self.vq_chunk_size < 1:
-            raise SettingError(f"model.memory.vq_chunk_size={self.vq_chunk_size} must be a positive number of images")
+        for name in ("vq_chunk_size", "decode_chunk_size"):
+            size = getattr(self, name)
+            if size is not None and size < 1:
+                raise SettingError(f"model.memory.{name}={size} must be a positive number of images")
 
 
 @dataclass

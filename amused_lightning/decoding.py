@@ -12,6 +12,7 @@ from PIL import Image
 
 from amused_lightning.encoding import encode_prompts, pixels_per_token, tokenize_prompts
 from amused_lightning.errors import SettingError
+from amused_lightning.memory import on_device, sampling_parts
 
 
 @dataclass
@@ -95,8 +96,11 @@ def generate_tokens(transformer: UVit2DModel, hidden: torch.Tensor, pooled: torc
 
 
 @torch.no_grad()
-def decode_image_tokens(vqvae: VQModel, tokens: torch.Tensor) -> torch.Tensor:
-    """(B, h, w) code indices -> (B, 3, H, W) pixels in [0, 1], decoded in fp32."""
+def decode_image_tokens(vqvae: VQModel, tokens: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """(B, h, w) code indices -> (B, 3, H, W) pixels in [0, 1], decoded in fp32, `chunk_size` images per call (all at
+    once when None: AmusedPipeline's pixels; smaller chunks bound the activations and agree to fp32 rounding)."""
+    if chunk_size is not None and chunk_size < tokens.shape[0]:
+        return torch.cat([decode_image_tokens(vqvae, chunk) for chunk in tokens.split(chunk_size)])
     batch, height, width = tokens.shape
     with torch.autocast(device_type=tokens.device.type, enabled=False):
         images = vqvae.decode(tokens, force_not_quantize=True,
@@ -111,16 +115,28 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 @torch.no_grad()
-def generate_images(transformer: UVit2DModel, vqvae: VQModel, text_encoder, tokenizer, prompts: list[str],
-                    settings: GenerationSettings, seed: int, resolution: int | None, mask_id: int) -> list[Image.Image]:
-    """Images for `prompts` from a generator seeded by `seed`, at `resolution` (default: the model's own)."""
+def generate_pixels(transformer: UVit2DModel, vqvae: VQModel, text_encoder, tokenizer, prompts: list[str],
+                    settings: GenerationSettings, seed: int, resolution: int | None, mask_id: int,
+                    decode_chunk_size: int | None = None) -> torch.Tensor:
+    """(B, 3, H, W) pixels for `prompts` from a generator seeded by `seed`, at `resolution` (default: the model's own).
+    The text encoder and the VQ decoder side are on the transformer's device only while they run."""
     device = next(transformer.parameters()).device
     factor = pixels_per_token(vqvae.config)
     size = resolution or transformer.config.sample_size * factor
-    hidden, pooled = encode_prompts(text_encoder, tokenize_prompts(tokenizer, prompts).to(device))
-    # One empty prompt per prompt, as AmusedPipeline encodes them: batch composition can move the last bits.
-    empty = encode_prompts(text_encoder, tokenize_prompts(tokenizer, [""] * len(prompts)).to(device))
+    with on_device([text_encoder], device):
+        hidden, pooled = encode_prompts(text_encoder, tokenize_prompts(tokenizer, prompts).to(device))
+        # One empty prompt per prompt, as AmusedPipeline encodes them: batch composition can move the last bits.
+        empty = encode_prompts(text_encoder, tokenize_prompts(tokenizer, [""] * len(prompts)).to(device))
     generator = torch.Generator(device=device).manual_seed(seed)
     tokens = generate_tokens(transformer, hidden, pooled, *empty, (size // factor, size // factor), size, settings,
                              mask_id, generator)
-    return to_pil(decode_image_tokens(vqvae, tokens))
+    with on_device(sampling_parts(vqvae), device):
+        return decode_image_tokens(vqvae, tokens, decode_chunk_size)
+
+
+def generate_images(transformer: UVit2DModel, vqvae: VQModel, text_encoder, tokenizer, prompts: list[str],
+                    settings: GenerationSettings, seed: int, resolution: int | None, mask_id: int,
+                    decode_chunk_size: int | None = None) -> list[Image.Image]:
+    """`generate_pixels` as PIL images."""
+    return to_pil(generate_pixels(transformer, vqvae, text_encoder, tokenizer, prompts, settings, seed, resolution,
+                                  mask_id, decode_chunk_size))

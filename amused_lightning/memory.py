@@ -1,43 +1,45 @@
-"""Memory levers the simulated CUDA peaks point at (scripts/simulate_memory.py, BENCHMARKS.md): each changes where or
-when tensors live, never a loss or gradient value.
+"""Memory levers the simulated CUDA peaks point at (scripts/simulate_memory.py, BENCHMARKS.md), all on by default:
+each changes where or when tensors live, never a loss or gradient value.
 
-- `ReleaseGradients`: Lightning zeroes gradients just before the next backward, so a full finetuning run carries
-  a weight-sized set of stale gradients (2.4 GB at the real size) through validation and the next forward. The
-  callback frees them as soon as the optimizer has used them.
-- `decode_in_chunks`: validation decodes all its images at once in fp32; the VQ decoder's activations at 512 px are
-  about 0.6 GB per image. One image at a time bounds them.
-- `sampling_parts`: what validation sampling runs of the frozen VQ model (the decoder side, not the encoder).
+- Gradients are freed right after each optimizer step (`AmusedModule.optimizer_step`, `model.memory.release_gradients`)
+  instead of just before the next backward, so a full finetuning run does not carry 2.4 GB of stale gradients
+  through validation and the next forward.
+- Frozen weights are cast to the compute dtype in `FrozenPlacement.setup`, before the strategy moves the module to
+  the device, so they never arrive there in fp32.
+- Validation sampling brings the text encoder (`on_device`) and the VQ decoder side (`sampling_parts`) to the device
+  only while they run, and decodes `model.memory.decode_chunk_size` images at a time (about 0.6 GB of fp32
+  activations per 512 px image).
 """
 
 from __future__ import annotations
 
-import lightning as L
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from diffusers import VQModel
 from torch import nn
 
-from amused_lightning.decoding import decode_image_tokens
+
+def module_device(module: nn.Module) -> torch.device | None:
+    """Where the module's first parameter lives (None: it has none)."""
+    first = next(module.parameters(), None)
+    return None if first is None else first.device
 
 
-class ReleaseGradients(L.Callback):
-    """Set gradients to None right after each optimizer step instead of before the next backward."""
-
-    def __init__(self):
-        self.stepped_at = 0
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
-        # global_step moves exactly when the optimizer stepped, whatever the accumulation or epoch boundaries.
-        if trainer.global_step != self.stepped_at:
-            self.stepped_at = trainer.global_step
-            for optimizer in trainer.optimizers:
-                optimizer.zero_grad(set_to_none=True)
-
-
-@torch.no_grad()
-def decode_in_chunks(vqvae: VQModel, tokens: torch.Tensor, chunk_size: int = 1) -> torch.Tensor:
-    """`decode_image_tokens` on `chunk_size` images at a time: the same pixels, a fraction of the activations."""
-    return torch.cat([decode_image_tokens(vqvae, chunk) for chunk in tokens.split(chunk_size)])
+@contextmanager
+def on_device(modules: list[nn.Module], device: torch.device) -> Iterator[None]:
+    """Each module on `device` for the duration, then back where it was (nothing moves if it is there already)."""
+    homes = [module_device(module) for module in modules]
+    for module, home in zip(modules, homes):
+        if home is not None and home != device:
+            module.to(device)
+    try:
+        yield
+    finally:
+        for module, home in zip(modules, homes):
+            if home is not None and home != device:
+                module.to(home)
 
 
 def sampling_parts(vqvae: VQModel) -> list[nn.Module]:

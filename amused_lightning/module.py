@@ -27,7 +27,7 @@ from amused_lightning.args import (
 )
 from amused_lightning.batch import Batch, has_prompt_embeddings, is_pre_encoded
 from amused_lightning.components import components_identity
-from amused_lightning.decoding import GenerationSettings, generate_images
+from amused_lightning.decoding import GenerationSettings, generate_pixels, to_pil
 from amused_lightning.encoding import (
     FrozenEncoders,
     drop_conditioning,
@@ -40,6 +40,7 @@ from amused_lightning.heads import enable_masked_head, logits_only_at
 from amused_lightning.image_metrics import ImageMetric, evaluate_image_metrics
 from amused_lightning.loss import masked_token_loss, masked_token_scores
 from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
+from amused_lightning.memory import on_device
 from amused_lightning.optim import group_settings, lr_schedule, parameter_groups, reapply_settings
 from amused_lightning.pipeline import (
     CHECKPOINT_FORMAT,
@@ -169,7 +170,9 @@ class AmusedModule(L.LightningModule):
         if self._empty_prompt is not None and not self.text_encoder_trains:
             return self._empty_prompt
         input_ids = tokenize_prompts(self.tokenizer, [""]).to(self.device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_encoder_trains):
+        # A frozen text encoder may be parked in host memory (FrozenPlacement): it visits the device for this once.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_encoder_trains), \
+                on_device([self.text_encoder], self.device):
             self._empty_prompt = encode_prompts(self.text_encoder, input_ids)
         return self._empty_prompt
 
@@ -214,7 +217,7 @@ class AmusedModule(L.LightningModule):
         prompts = self.validation.prompts
         if prompts and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             with self.trainer.precision_plugin.forward_context():
-                images = self.generate(prompts, seed=self.spec.seed)
+                images = to_pil(self.validation_pixels())
             folder = Path(self.trainer.default_root_dir) / "validation"
             save_validation_images(folder, self.global_step, prompts, images)
             log_validation_images(self.loggers, self.global_step, prompts, images)
@@ -235,9 +238,16 @@ class AmusedModule(L.LightningModule):
 
     def generate(self, prompts: list[str], settings: GenerationSettings | None = None, seed: int = 0,
                  resolution: int | None = None) -> list[Image.Image]:
-        """Images for `prompts` from the weights in training, sampled as AmusedPipeline does."""
-        return generate_images(self.transformer, self.vqvae, self.text_encoder, self.tokenizer, prompts,
-                               settings or self.validation.generation, seed, resolution, self.mask_id)
+        """Images for `prompts` from the weights in training, sampled as AmusedPipeline does (the same pixels)."""
+        return to_pil(generate_pixels(self.transformer, self.vqvae, self.text_encoder, self.tokenizer, prompts,
+                                      settings or self.validation.generation, seed, resolution, self.mask_id))
+
+    def validation_pixels(self) -> torch.Tensor:
+        """(B, 3, H, W) pixels of the validation prompts, decoded `memory.decode_chunk_size` images at a time: those of
+        `generate` to fp32 rounding (a pixel on a rounding boundary may move one level)."""
+        return generate_pixels(self.transformer, self.vqvae, self.text_encoder, self.tokenizer,
+                               self.validation.prompts, self.validation.generation, self.spec.seed, None,
+                               self.mask_id, self.memory.decode_chunk_size)
 
     def _micro_batch_generator(self, batch_idx: int) -> torch.Generator:
         micro_batch = batch_idx % self.trainer.accumulate_grad_batches
@@ -252,6 +262,13 @@ class AmusedModule(L.LightningModule):
         self.log("train/lr", optimizer.param_groups[0]["lr"])
         self.train_loss.reset()
         self.train_masking_rate.reset()
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.memory.release_gradients:
+            # Lightning zeroes them only after the next step's forward: freed now, they sit through neither that
+            # forward nor validation. The next backward starts from None either way, so no weight changes.
+            optimizer.zero_grad(set_to_none=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.build_optimizer()

@@ -16,7 +16,6 @@ import torch
 
 from amused_lightning.components import load_frozen_encoders
 from amused_lightning.decoding import decode_image_tokens
-from amused_lightning.memory import decode_in_chunks
 
 TRANSFORMER_PARAMS = 603_537_664
 
@@ -37,7 +36,7 @@ def decode_timing(images: int, resolution: int, repeats: int) -> tuple[float, fl
     vqvae, _ = load_frozen_encoders("amused-256-arch")
     tokens = torch.randint(0, 8192, (images, resolution // 16, resolution // 16))
     return (best_seconds(lambda: decode_image_tokens(vqvae, tokens), repeats),
-            best_seconds(lambda: decode_in_chunks(vqvae, tokens, 1), repeats))
+            best_seconds(lambda: decode_image_tokens(vqvae, tokens, 1), repeats))
 
 
 def host_adamw_seconds(params: int, repeats: int) -> float:

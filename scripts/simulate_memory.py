@@ -1,11 +1,12 @@
 """Peak CUDA memory of every seed row, ours beside the reference script's, simulated without a GPU.
 
-    python scripts/simulate_memory.py [--rows nouns-lora-16x1 ...] [--steps 2] [--levers] [--offload full 8bit]
+    python scripts/simulate_memory.py [--rows nouns-lora-16x1 ...] [--steps 2] [--offload full 8bit]
                                       [--pixels] [--sims ours reference] [--results results.jsonl] [--output FILE]
     python scripts/simulate_memory.py --merge results.jsonl more-results.jsonl [--output BENCHMARKS.md]
 
 Each row runs on fake CUDA tensors (shapes, dtypes and devices, no data) through the real code paths: our
-AmusedModule's training step placed as a single-GPU fit places it, and a replica of diffusers' train_amused.py
+AmusedModule's training step at its defaults, placed by FrozenPlacement's hooks as a single-GPU fit places it
+(`--offload`: with the host-memory optimizer), and a replica of diffusers' train_amused.py
 (see amused_lightning/memsim/reference.py), each for `--steps` optimizer steps and one validation sampling of the
 recipe's prompts. A dispatch-level tracker of live storages gives the peak `torch.cuda.max_memory_allocated` would
 report and the phase that set it. Needs g++ (the fake CUDA runtime is compiled on first use).
@@ -29,7 +30,6 @@ def _load_fake_cuda() -> None:
 _load_fake_cuda()
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -37,7 +37,7 @@ import traceback  # noqa: E402
 import torch  # noqa: E402
 
 from amused_lightning.memsim.common import SimResult, SimRow  # noqa: E402
-from amused_lightning.memsim.ours import ALL_LEVERS, Levers, simulate_ours  # noqa: E402
+from amused_lightning.memsim.ours import simulate_ours  # noqa: E402
 from amused_lightning.memsim.reference import simulate_reference  # noqa: E402
 
 from benchmark import GB, Row, publish, select_rows  # noqa: E402
@@ -57,10 +57,8 @@ def sim_row(row: Row) -> SimRow:
 def run(row: Row, args: argparse.Namespace) -> dict:
     """Both simulations of one row, with their times; a failure is recorded, not raised."""
     offload = row.mode in args.offload
-    levers = dataclasses.replace(ALL_LEVERS if args.levers else Levers(), offload=offload)
-    record: dict = {"row": row.name, "seed_gb": row.seed_gb, "levers": dataclasses.asdict(levers),
-                    "pre_encoded": not args.pixels}
-    jobs = {"ours": lambda: simulate_ours(sim_row(row), args.steps, not args.pixels, levers, args.inference_steps),
+    record: dict = {"row": row.name, "seed_gb": row.seed_gb, "offload": offload, "pre_encoded": not args.pixels}
+    jobs = {"ours": lambda: simulate_ours(sim_row(row), args.steps, not args.pixels, offload, args.inference_steps),
             "reference": lambda: simulate_reference(sim_row(row), args.steps, args.inference_steps)}
     for name, job in jobs.items():
         if name not in args.sims:
@@ -90,34 +88,31 @@ def ratio(entry: dict | None, denominator: float | None) -> str:
 
 
 def merged(records: list[dict]) -> dict[str, dict]:
-    """Per row: the reference, ours as today, and ours with the levers on, from the records of any runs."""
+    """Per row: the reference and ours at its defaults, from the records of any runs (the latest of each wins)."""
     rows: dict[str, dict] = {}
     for record in records:
         row = rows.setdefault(record["row"], {"seed_gb": record["seed_gb"]})
-        if "reference" in record:
-            row["reference"] = record["reference"]
+        for name in ("reference", "ours"):
+            if name in record:
+                row[name] = record[name]
         if "ours" in record:
-            levers = record.get("levers", {})  # records written before the levers existed have none
-            row["levers" if levers.get("release_gradients") else "today"] = record["ours"]
-            if levers.get("release_gradients"):
-                row["offload"] = levers["offload"]
+            row["offload"] = record.get("offload", False)
     return rows
 
 
-HEADER = ("| row | seed GB | reference GB (phase of the peak) | ours today GB (phase) | ours with the levers GB "
-          "(phase) | ours / reference | ours / seed |\n|---|---|---|---|---|---|---|")
+HEADER = ("| row | seed GB | reference GB (phase of the peak) | ours (defaults) GB (phase) | ours / reference | "
+          "ours / seed |\n|---|---|---|---|---|---|")
 
 
 def table(records: list[dict]) -> str:
-    """Markdown table: seed, reference, ours today, ours with the levers, and the two ratios of the latter."""
+    """Markdown table: seed, reference, ours at its defaults, and ours over each of the other two."""
     lines = [HEADER]
     for name, row in merged(records).items():
-        ours = row.get("levers") or row.get("today")
         reference = row.get("reference", {}).get("peak")
         seed = row["seed_gb"] * GB if row["seed_gb"] else None
         offload = " [host optimizer]" if row.get("offload") else ""
-        lines.append(f"| {name} | {row['seed_gb'] or 'n/a'} | {gb(row.get('reference'))} | {gb(row.get('today'))} | "
-                     f"{gb(row.get('levers'))}{offload} | {ratio(ours, reference)} | {ratio(ours, seed)} |")
+        lines.append(f"| {name} | {row['seed_gb'] or 'n/a'} | {gb(row.get('reference'))} | {gb(row.get('ours'))}"
+                     f"{offload} | {ratio(row.get('ours'), reference)} | {ratio(row.get('ours'), seed)} |")
     return "\n".join(lines)
 
 
@@ -127,8 +122,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per row (2: optimizer state exists)")
     parser.add_argument("--inference-steps", type=int, default=2,
                         help="validation decoding steps (each has the same shapes; the recipes sample 12)")
-    parser.add_argument("--levers", action="store_true", help="ours: frozen weights cast before the move to the "
-                        "device, gradients released after each step, lean validation sampling (memory.py)")
     parser.add_argument("--offload", nargs="*", default=[], choices=("full", "8bit"),
                         help="ours: these modes' rows use OffloadedAdamW / OffloadedAdamW8bit (host-memory optimizer)")
     parser.add_argument("--pixels", action="store_true", help="ours: VQ and CLIP encoding every step, no cache")
@@ -136,8 +129,8 @@ def main() -> None:
                         help="which simulations to run for each row")
     parser.add_argument("--results", help="append each row's full record (all phases) to this JSON-lines file")
     parser.add_argument("--merge", nargs="+", metavar="RESULTS",
-                        help="no simulation: the table of earlier runs' --results files (reference, ours today, ours "
-                             "with the levers side by side)")
+                        help="no simulation: the table of earlier runs' --results files (reference and ours side by "
+                             "side)")
     parser.add_argument("--output", help="append the table, with its environment, to this markdown file")
     args = parser.parse_args()
     torch.set_num_threads(1)  # fake tensors compute nothing: more threads only contend

@@ -141,7 +141,7 @@ def test_lora_checkpoint_holds_no_frozen_weights(tmp_path, toy_dataset):
 
 def test_mixed_precision_lora_run_with_cache_offload_and_dropout(tmp_path, toy_dataset):
     # bf16-mixed on CPU exercises the same paths as fp16 on a GPU: frozen weights cast, frozen parts offloaded,
-    # the empty prompt encoded before the text encoder leaves, validation restoring everything.
+    # the empty prompt encoded while the text encoder visits the device, validation sampling bringing in what it runs.
     cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "3", "--trainer.precision", "bf16-mixed",
               "--model.lora.r", "4", "--model.objective.cond_dropout_prob", "0.5", "--validation_steps", "2",
               "--model.validation.prompts", '["a pixel art character"]',

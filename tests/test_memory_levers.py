@@ -1,15 +1,24 @@
-"""The memory levers change where and when tensors live, never a value."""
+"""The memory levers are on by default and change where and when tensors live, never a value."""
 
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
+
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.utils.data import DataLoader
 
-from amused_lightning.args import LRScheduleArgs
-from amused_lightning.decoding import decode_image_tokens
-from amused_lightning.memory import ReleaseGradients, decode_in_chunks, sampling_parts
+from amused_lightning.adapters import LoraSettings
+from amused_lightning.args import LRScheduleArgs, MemoryArgs, ValidationArgs
+from amused_lightning.decoding import GenerationSettings, decode_image_tokens, to_pil
+from amused_lightning.memory import sampling_parts
 from amused_lightning.module import AmusedModule
+from amused_lightning.placement import FrozenPlacement
+
+from helpers import fit
 
 
 def encoded_samples(count: int) -> list[dict[str, torch.Tensor]]:
@@ -21,31 +30,63 @@ def encoded_samples(count: int) -> list[dict[str, torch.Tensor]]:
              "micro_conds": torch.tensor([64.0, 64.0, 0.0, 0.0, 6.0])} for _ in range(count)]
 
 
-def fit_tiny(callbacks: list[L.Callback]) -> tuple[AmusedModule, list]:
-    """Two optimizer steps of two accumulated micro-batches on `tiny`; the module and its gradients at the end."""
-    module = AmusedModule(lr_schedule=LRScheduleArgs(warmup_steps=0))
-    trainer = L.Trainer(accelerator="cpu", max_steps=2, accumulate_grad_batches=2, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, callbacks=callbacks)
-    trainer.fit(module, DataLoader(encoded_samples(8), batch_size=2))
+def tiny_trainer(callbacks: list[L.Callback], precision: str = "32-true") -> L.Trainer:
+    """Two optimizer steps of two accumulated micro-batches, on the CPU, nothing written."""
+    return L.Trainer(accelerator="cpu", max_steps=2, accumulate_grad_batches=2, logger=False, precision=precision,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     limit_val_batches=0, callbacks=callbacks)
+
+
+def fit_tiny(memory: MemoryArgs) -> tuple[AmusedModule, list]:
+    """`tiny_trainer`'s fit of `tiny` with `memory`; the module and its gradients at the end."""
+    module = AmusedModule(lr_schedule=LRScheduleArgs(warmup_steps=0), memory=memory)
+    tiny_trainer([]).fit(module, DataLoader(encoded_samples(8), batch_size=2))
     return module, [p.grad for p in module.transformer.parameters()]
 
 
-def test_release_gradients_frees_them_after_each_step_and_changes_no_weight():
-    released, released_grads = fit_tiny([ReleaseGradients()])
-    kept, kept_grads = fit_tiny([])
+def test_released_gradients_are_freed_after_each_step_and_change_no_weight():
+    released, released_grads = fit_tiny(MemoryArgs())
+    kept, kept_grads = fit_tiny(MemoryArgs(release_gradients=False))
     assert all(grad is None for grad in released_grads)
     assert any(grad is not None for grad in kept_grads)
     for a, b in zip(released.transformer.parameters(), kept.transformer.parameters()):
         assert torch.equal(a, b)
 
 
-def test_decoding_in_chunks_gives_the_batched_pixels(tiny):
+def test_frozen_weights_are_cast_before_the_strategy_moves_the_module():
+    module = AmusedModule(lora=LoraSettings(r=4), lr_schedule=LRScheduleArgs(warmup_steps=0))
+    trainer = tiny_trainer([FrozenPlacement()], precision="bf16-mixed")
+    arriving = []
+    move = trainer.strategy.model_to_device
+
+    def recording_move() -> None:
+        frozen = [p for layer in module.transformer.modules() if isinstance(layer, torch.nn.Linear)
+                  for p in layer.parameters(recurse=False) if not p.requires_grad]
+        arriving.append({p.dtype for p in frozen})
+        move()
+
+    trainer.strategy.model_to_device = recording_move
+    trainer.fit(module, DataLoader(encoded_samples(8), batch_size=2))
+    assert arriving == [{torch.bfloat16}]
+
+
+def test_one_image_at_a_time_decodes_the_batched_pixels(tiny):
     tokens = torch.randint(0, 64, (3, 16, 16), generator=torch.Generator().manual_seed(1))
     # Convolutions may sum in another order for another batch size: equal to fp32 rounding through the decoder
     # (far below the 1/255 step of the saved images).
-    torch.testing.assert_close(decode_in_chunks(tiny.vqvae, tokens, 1), decode_image_tokens(tiny.vqvae, tokens),
+    torch.testing.assert_close(decode_image_tokens(tiny.vqvae, tokens, 1), decode_image_tokens(tiny.vqvae, tokens),
                                rtol=0, atol=5e-5)
+
+
+def test_validation_images_decoded_one_at_a_time_match_generate():
+    prompts = ["a red square", "a blue circle", "a pixel art character"]
+    module = AmusedModule(validation=ValidationArgs(prompts, GenerationSettings(4))).eval()
+    lean = module.validation_pixels()
+    module.memory = dataclasses.replace(module.memory, decode_chunk_size=None)  # the default instance is shared
+    torch.testing.assert_close(lean, module.validation_pixels(), rtol=0, atol=5e-5)
+    for a, b in zip(to_pil(lean), module.generate(prompts, GenerationSettings(4), seed=module.spec.seed)):
+        # AmusedPipeline's exact pixels come from `generate`; here one on a rounding boundary may move by one level.
+        assert np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).max() <= 1
 
 
 def test_sampling_parts_are_all_that_decoding_runs(tiny):
@@ -56,3 +97,23 @@ def test_sampling_parts_are_all_that_decoding_runs(tiny):
     tokens = torch.randint(0, 64, (1, 16, 16))
     pixels = decode_image_tokens(vqvae, tokens)  # would fail on a meta weight
     assert pixels.shape == (1, 3, 64, 64) and used
+
+
+def test_placement_brings_in_only_what_a_step_runs():
+    # "meta" stands for the accelerator (a CPU-only machine has none): what moves there is what the step runs.
+    module = AmusedModule()
+    trainer = SimpleNamespace(strategy=SingleDeviceStrategy(torch.device("cpu")))
+    stand_in = SimpleNamespace(vqvae=module.vqvae, text_encoder=module.text_encoder, text_encoder_trains=False,
+                               device=torch.device("meta"))
+    FrozenPlacement().on_validation_batch_start(trainer, stand_in, {"pixel_values": None, "input_ids": None}, 0)
+    on_device = {name for name, part in [*module.vqvae.named_children(), ("text_encoder", module.text_encoder)]
+                 if next(part.parameters()).device.type == "meta"}
+    assert on_device == {"encoder", "quant_conv", "quantize", "text_encoder"}
+
+
+def test_default_fit_has_the_levers_on(tmp_path, toy_dataset):
+    cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "2", "--validation_steps", "100")
+    placement = next(c for c in cli.trainer.callbacks if isinstance(c, FrozenPlacement))
+    assert placement.offload_frozen and placement.frozen_in_compute_dtype
+    assert cli.model.memory.release_gradients and cli.model.memory.decode_chunk_size == 1
+    assert all(p.grad is None for p in cli.model.parameters())

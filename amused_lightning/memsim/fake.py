@@ -31,16 +31,21 @@ def built_on_meta(build: Callable[[], T]) -> T:
         return build()
 
 
-def move(module: torch.nn.Module, device: torch.device | str) -> None:
-    """`module.to(device)` for frozen fake tensors: `Module.to` swaps parameters in place, which fake tensors refuse,
-    so each is rebound to a moved copy (the old storage is freed as `to` frees it). Not for trained weights: an
-    optimizer would keep the old ones."""
+def rebinding_to(module: torch.nn.Module, *args, **kwargs) -> torch.nn.Module:
+    """`Module.to` for fake tensors: the real one swaps each parameter in place, which fake tensors refuse (the
+    tracker holds weak references to them), so each is rebound to a moved copy (the old storage is freed as `to`
+    frees it). Only frozen parts move once an optimizer exists, so no optimizer keeps a stale parameter."""
+    device, dtype = torch._C._nn._parse_to(*args, **kwargs)[:2]
     for sub in module.modules():
         for table in (sub._parameters, sub._buffers):
             for key, tensor in table.items():
-                if tensor is not None and tensor.device != torch.device(device):
-                    moved = tensor.detach().to(device)
+                if tensor is None:
+                    continue
+                cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+                moved = tensor.detach().to(device or tensor.device, cast)
+                if moved.device != tensor.device or moved.dtype != tensor.dtype:
                     table[key] = torch.nn.Parameter(moved, tensor.requires_grad) if key in sub._parameters else moved
+    return module
 
 
 def flash_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
@@ -58,19 +63,21 @@ _math_sdpa = F.scaled_dot_product_attention
 
 @contextmanager
 def fake_cuda() -> Iterator[MemoryTracker]:
-    """Fake CUDA tensors (no data) with a tracker of their live bytes; autocast("cuda") and flash SDPA enabled."""
+    """Fake CUDA tensors (no data) with a tracker of their live bytes; autocast("cuda"), flash SDPA and `Module.to`
+    enabled."""
     check_fake_cuda_loaded()
     amp = torch.cuda.amp.common
     saved = (amp.amp_definitely_not_available, F.scaled_dot_product_attention, torch.cuda.synchronize,
-             torch.cuda.is_bf16_supported)
+             torch.cuda.is_bf16_supported, torch.nn.Module.to)
     amp.amp_definitely_not_available = lambda: False  # else autocast("cuda") turns itself off on a CPU build
     F.scaled_dot_product_attention = flash_attention
     torch.cuda.synchronize = lambda device=None: None  # bitsandbytes synchronises around its kernels
     torch.cuda.is_bf16_supported = lambda including_emulation=True: True  # a bf16-capable GPU (Ampere and later)
+    torch.nn.Module.to = rebinding_to
     tracker = MemoryTracker("cuda")
     try:
         with FakeTensorMode(allow_non_fake_inputs=True), tracker:
             yield tracker
     finally:
         (amp.amp_definitely_not_available, F.scaled_dot_product_attention, torch.cuda.synchronize,
-         torch.cuda.is_bf16_supported) = saved
+         torch.cuda.is_bf16_supported, torch.nn.Module.to) = saved

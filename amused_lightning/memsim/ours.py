@@ -1,61 +1,67 @@
 """Our training step, simulated on the fake device through AmusedModule's public methods, placed as a fit places it.
 
-What Lightning does around the module is replayed in the order a single-GPU fit does it: the whole module moved
-to the device in fp32, `on_fit_start`'s cast of frozen weights, the optimizer, the first batch parking the frozen
-parts it does not use, then per micro-batch the forward under autocast, `zero_grad` (after the forward: Lightning
-keeps the previous step's gradients through it) and the scaled backward, and per step GradScaler's unscale and
-step. Validation brings the frozen parts back and samples images for the recipe's prompts.
+What Lightning does around the module is replayed in the order a single-GPU fit does it, calling the real hooks
+with the defaults a fit has: FrozenPlacement's `setup` (frozen weights cast to the compute dtype), the strategy's
+move of the whole module to the device, the optimizer, then per micro-batch FrozenPlacement's
+`on_train_batch_start` (frozen parts the batch does not use parked on the host), the forward under autocast,
+`zero_grad` (after the forward: Lightning's order) and the scaled backward, and per step the module's
+`optimizer_step` (GradScaler's unscale, step and update, then the gradients released). Validation samples images
+for the recipe's prompts through the module's `validation_pixels`.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from amused_lightning.adapters import LoraSettings
-from amused_lightning.args import LRScheduleArgs, MemoryArgs
-from amused_lightning.decoding import GenerationSettings, decode_image_tokens, generate_tokens
-from amused_lightning.encoding import encode_prompts, pixels_per_token, tokenize_prompts
-from amused_lightning.memory import decode_in_chunks, sampling_parts
+from amused_lightning.args import LRScheduleArgs, MemoryArgs, ValidationArgs
+from amused_lightning.decoding import GenerationSettings
+from amused_lightning.encoding import pixels_per_token
 from amused_lightning.memsim.common import (
     DEVICE,
     SimResult,
     SimRow,
     autocast,
-    autocast_dtype,
     encoded_batch,
     image_grid,
     pixel_batch,
     simulated_micro_batches,
 )
-from amused_lightning.memsim.fake import built_on_meta, fake_cuda, move
+from amused_lightning.memsim.fake import built_on_meta, fake_cuda
 from amused_lightning.memsim.tracker import MemoryTracker
 from amused_lightning.module import AmusedModule
 from amused_lightning.offload import OffloadedAdamW, OffloadedAdamW8bit
-from amused_lightning.placement import cast_frozen_weights, unused_frozen_parts
-
-
-@dataclass(frozen=True)
-class Levers:
-    """Memory levers of amused_lightning/memory.py and where the module would apply them (all off: today's fit)."""
-
-    cast_before_move: bool = False  # cast frozen weights in `setup`, before the strategy moves the module
-    release_gradients: bool = False  # ReleaseGradients: gradients freed right after each optimizer step
-    lean_sampling: bool = False  # validation: CLIP on the device only to encode, VQ decoder side only, one image
-    offload: bool = False  # full / 8-bit rows: OffloadedAdamW / OffloadedAdamW8bit (state and update on the host)
-
-
-ALL_LEVERS = Levers(True, True, True, False)
+from amused_lightning.placement import FrozenPlacement
 
 
 class LoopState:
-    """The few trainer attributes a training step reads (Lightning's Trainer stands behind them in a fit)."""
+    """The few trainer attributes the module and FrozenPlacement read (Lightning's Trainer stands behind them in a
+    fit): a single-device strategy, the row's precision, where the loop is."""
 
-    def __init__(self, accumulate_grad_batches: int):
+    def __init__(self, accumulate_grad_batches: int, precision: str):
         self.accumulate_grad_batches, self.global_step, self.global_rank = accumulate_grad_batches, 0, 0
+        self.precision, self.strategy = precision, SingleDeviceStrategy(DEVICE)
+
+
+class ScaledOptimizer:
+    """What a 16-mixed fit hands `optimizer_step`: Lightning's optimizer wrapper, whose `step` runs the closure (the
+    micro-batch's forward and backward, already run here) and then the precision plugin's unscale, step and update."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler):
+        self.optimizer, self.scaler = optimizer, scaler
+
+    def step(self, closure) -> None:
+        closure()
+        self.scaler.unscale_(self.optimizer)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
 
 
 def optimizer_factory(mode: str, offload: bool) -> functools.partial:
@@ -69,12 +75,13 @@ def optimizer_factory(mode: str, offload: bool) -> functools.partial:
     return functools.partial(torch.optim.AdamW, lr=1e-5, fused=True)
 
 
-def our_module(row: SimRow, offload: bool = False) -> AmusedModule:
-    """The row's module with our defaults, built on the meta device."""
+def our_module(row: SimRow, offload: bool, inference_steps: int) -> AmusedModule:
+    """The row's module with our defaults and its recipe's validation prompts, built on the meta device."""
     lora = LoraSettings(r=16, alpha=row.lora_alpha) if row.mode == "lora" else None
+    validation = ValidationArgs([""] * row.validation_prompts, GenerationSettings(inference_steps))
     return built_on_meta(lambda: AmusedModule(pretrained=row.preset, optimizer=optimizer_factory(row.mode, offload),
                                               lora=lora, memory=MemoryArgs(gradient_checkpointing=row.checkpointing),
-                                              lr_schedule=LRScheduleArgs(warmup_steps=0)))
+                                              lr_schedule=LRScheduleArgs(warmup_steps=0), validation=validation))
 
 
 def training_batch(module: AmusedModule, row: SimRow, pre_encoded: bool) -> dict[str, torch.Tensor]:
@@ -85,87 +92,58 @@ def training_batch(module: AmusedModule, row: SimRow, pre_encoded: bool) -> dict
     return pixel_batch(row.batch, row.resolution)
 
 
-def place_for_fit(module: AmusedModule, row: SimRow, tracker: MemoryTracker,
-                  cast_before_move: bool) -> torch.optim.Optimizer:
-    """The strategy's move to the device, `on_fit_start`'s cast (or `setup`'s, before the move) and
-    `configure_optimizers`' optimizer."""
-    dtype = autocast_dtype(row.precision)
-    if cast_before_move and dtype is not None:
-        with unset_fake_temporarily():
-            cast_frozen_weights(module, dtype)
+def place_for_fit(module: AmusedModule, loop: LoopState, placement: FrozenPlacement,
+                  tracker: MemoryTracker) -> torch.optim.Optimizer:
+    """FrozenPlacement's `setup` (the cast), the strategy's move to the device, `configure_optimizers`' optimizer."""
+    with unset_fake_temporarily():  # the module is still on the meta device, as a real one is still on the host
+        placement.setup(loop, module, "fit")
     with tracker.phase("fit start"):
-        module.to_empty(device=DEVICE)
-        module._device = DEVICE  # what the strategy's `module.to(device)` records (`to` cannot swap fake tensors)
-        if dtype is not None and not cast_before_move:
-            cast_frozen_weights(module, dtype)
+        module.to_empty(device=DEVICE)  # the strategy's `module.to(device)`: `to` would need real data to copy
+        module._device = DEVICE  # what that move records
         with unset_fake_temporarily():  # bitsandbytes computes its quantisation maps at construction
             return module.build_optimizer()
 
 
-def train_steps(module: AmusedModule, optimizer: torch.optim.Optimizer, row: SimRow, tracker: MemoryTracker,
-                steps: int, pre_encoded: bool, release_gradients: bool) -> None:
+def train_steps(module: AmusedModule, optimizer: torch.optim.Optimizer, loop: LoopState, placement: FrozenPlacement,
+                row: SimRow, tracker: MemoryTracker, steps: int, pre_encoded: bool) -> None:
     """`steps` optimizer steps of `row.accumulation` micro-batches each, as Lightning's automatic loop runs them."""
-    loop = LoopState(row.accumulation)
     module.trainer = loop
     scaler = torch.amp.GradScaler("cuda", enabled=row.precision == "16-mixed")
-    parked = False
     for step in range(steps):
         loop.global_step = step
         for micro in range(simulated_micro_batches(row.accumulation)):
             with tracker.phase("batch to device"):
                 batch = training_batch(module, row, pre_encoded)
-            if not parked:  # on_train_batch_start, once
-                for part in unused_frozen_parts(module.vqvae, module.text_encoder, module.text_encoder_trains, batch):
-                    move(part, "cpu")
-                parked = True
+            batch_idx = step * row.accumulation + micro
+            placement.on_train_batch_start(loop, module, batch, batch_idx)
             phase = "forward" if pre_encoded else "forward (VQ and CLIP encoding included)"
             with tracker.phase(phase), autocast(row.precision, cache_enabled=False):
-                loss = module.training_step(batch, step * row.accumulation + micro) / row.accumulation
+                loss = module.training_step(batch, batch_idx) / row.accumulation
             if micro == 0:
                 optimizer.zero_grad(set_to_none=True)
             with tracker.phase("backward"):
                 scaler.scale(loss).backward()
             del loss, batch
         with tracker.phase("optimizer step"):
-            scaler.unscale_(optimizer)
-            scaler.step(optimizer)
-            scaler.update()
-            if release_gradients:
-                optimizer.zero_grad(set_to_none=True)
+            module.optimizer_step(0, batch_idx, ScaledOptimizer(optimizer, scaler), lambda: None)
 
 
-def validation_sampling(module: AmusedModule, row: SimRow, tracker: MemoryTracker, inference_steps: int,
-                        lean: bool) -> None:
-    """The frozen parts back on the device and the recipe's prompts sampled and decoded, as `generate` does; `lean`:
-    CLIP on the device only while it encodes, only the VQ decoder side back, one image decoded at a time."""
-    with tracker.phase("validation sampling"), torch.no_grad(), autocast(row.precision, cache_enabled=False):
-        move(module.text_encoder, DEVICE)
-        if not lean:
-            move(module.vqvae, DEVICE)
-        prompts = tokenize_prompts(module.tokenizer, [""] * row.validation_prompts).to(DEVICE)
-        hidden, pooled = encode_prompts(module.text_encoder, prompts)
-        empty = encode_prompts(module.text_encoder, prompts)
-        if lean:
-            move(module.text_encoder, "cpu")
-        grid = (row.resolution // pixels_per_token(module.vqvae.config),) * 2
-        settings = GenerationSettings(num_inference_steps=inference_steps)
-        tokens = generate_tokens(module.transformer, hidden, pooled, *empty, grid, row.resolution, settings,
-                                 module.mask_id, torch.Generator(device=DEVICE).manual_seed(0))
-        if lean:
-            for part in sampling_parts(module.vqvae):
-                move(part, DEVICE)
-            decode_in_chunks(module.vqvae, tokens, 1)
-        else:
-            decode_image_tokens(module.vqvae, tokens)
+def validation_sampling(module: AmusedModule, row: SimRow, tracker: MemoryTracker) -> None:
+    """The module's validation images under the precision's autocast, as `on_validation_epoch_end` samples them;
+    validation steps on pre-encoded batches run no frozen part, so nothing else moves."""
+    with tracker.phase("validation sampling"), autocast(row.precision, cache_enabled=False):
+        module.validation_pixels()
 
 
-def simulate_ours(row: SimRow, steps: int = 2, pre_encoded: bool = True, levers: Levers = Levers(),
+def simulate_ours(row: SimRow, steps: int = 2, pre_encoded: bool = True, offload: bool = False,
                   inference_steps: int = 2) -> SimResult:
-    """Peak device memory of a fit of `row` with our module: `steps` optimizer steps, then validation sampling."""
+    """Peak device memory of a fit of `row` with our module at its defaults (`offload`: the host-memory optimizer):
+    `steps` optimizer steps, then validation sampling."""
     with fake_cuda() as tracker:
-        module = our_module(row, levers.offload)
-        optimizer = place_for_fit(module, row, tracker, levers.cast_before_move)
-        train_steps(module, optimizer, row, tracker, steps, pre_encoded, levers.release_gradients)
+        module, placement = our_module(row, offload, inference_steps), FrozenPlacement()
+        loop = LoopState(row.accumulation, row.precision)
+        optimizer = place_for_fit(module, loop, placement, tracker)
+        train_steps(module, optimizer, loop, placement, row, tracker, steps, pre_encoded)
         if row.validation_prompts:
-            validation_sampling(module, row, tracker, inference_steps, levers.lean_sampling)
+            validation_sampling(module, row, tracker)
         return SimResult.of(tracker)
