@@ -57,7 +57,7 @@ def storage_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
 
 
 def place_as_at_fit_start(module: AmusedModule, precision: str, batch_keys: Iterable[str]) -> list[torch.nn.Module]:
-    """Cast frozen layers as FrozenPlacement does at fit start; the frozen parts it offloads at the first batch."""
+    """Cast frozen layers as FrozenPlacement does in `setup`; the frozen parts it offloads at the first batch."""
     dtype = AUTOCAST_DTYPES.get(precision)
     if dtype is not None:
         cast_frozen_weights(module, dtype)
