@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from amused_lightning.adapters import LoraSettings
-from amused_lightning.args import LRScheduleArgs, MemoryArgs
+from amused_lightning.args import LRScheduleArgs, MemoryArgs, ValidationArgs
 from amused_lightning.batch import IMAGE_TOKENS, INPUT_IDS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
 from amused_lightning.encoding import encode_image_tokens, encode_prompts, pixels_per_token
 from amused_lightning.module import AmusedModule
@@ -111,11 +111,12 @@ class SyntheticBatches(Dataset):
 
 
 class StepTimer(L.Callback):
-    """Wall time of the optimizer steps after `warmup` of them, and the peak memory of all training steps (read
-    before fit's end restores the offloaded frozen parts to the device)."""
+    """Wall time of the optimizer steps after `warmup` of them, the peak memory of all training steps, and the peak
+    of sampling the validation images right after the last step (read before the fit's end moves the module to the
+    host)."""
 
     def __init__(self, warmup: int):
-        self.warmup, self.start, self.end, self.peak = warmup, None, None, None
+        self.warmup, self.start, self.end, self.peak, self.validation_peak = warmup, None, None, None, None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup and self.start is None:
@@ -126,6 +127,7 @@ class StepTimer(L.Callback):
             self.end = time.perf_counter()
             if torch.cuda.is_available():
                 self.peak = (torch.cuda.max_memory_allocated() / GB, torch.cuda.max_memory_reserved() / GB)
+                self.validation_peak = validation_peak(pl_module, trainer)
 
 
 def _synchronize() -> None:
@@ -147,7 +149,8 @@ def build_module(row: Row, offload_optimizer: bool = False) -> AmusedModule:
         optimizer = functools.partial(torch.optim.AdamW, lr=1e-5, fused=torch.cuda.is_available())
     return AmusedModule(pretrained=row.preset, optimizer=optimizer, lora=lora,
                         memory=MemoryArgs(gradient_checkpointing=row.checkpointing),
-                        lr_schedule=LRScheduleArgs(warmup_steps=0))
+                        lr_schedule=LRScheduleArgs(warmup_steps=0),
+                        validation=ValidationArgs(["a pixel art character"] * validation_prompt_count(row)))
 
 
 def model_flops_per_sample(module: AmusedModule, row: Row, pre_encoded: bool) -> float:
@@ -168,12 +171,16 @@ def model_flops_per_sample(module: AmusedModule, row: Row, pre_encoded: bool) ->
     return transformer_flops + (0 if pre_encoded else encoder_flops)
 
 
-def validation_peak(module: AmusedModule, row: Row, trainer: L.Trainer) -> float:
-    """Peak reserved memory while generating the recipe's validation images (the optimizer state still held)."""
-    prompts = 4 if row.name.startswith("styledrop") else 8 if row.resolution == 256 else 5
+def validation_prompt_count(row: Row) -> int:
+    """How many validation prompts the row's recipe samples (the seed's commands)."""
+    return 4 if row.name.startswith("styledrop") else 8 if row.resolution == 256 else 5
+
+
+def validation_peak(module: AmusedModule, trainer: L.Trainer) -> float:
+    """Peak reserved memory while the module samples its validation images as a fit's validation does."""
     torch.cuda.reset_peak_memory_stats()
     with trainer.precision_plugin.forward_context():
-        module.generate(["a pixel art character"] * prompts, seed=0)
+        module.validation_pixels()
     return torch.cuda.max_memory_reserved() / GB
 
 
@@ -207,7 +214,7 @@ def run_row(row: Row, steps: int, warmup: int, pre_encoded: bool, accelerator: s
     result = {"samples_per_s": row.batch * row.accumulation * steps / (timer.end - timer.start)}
     if accelerator == "gpu":
         result["allocated_gb"], result["reserved_gb"] = timer.peak
-        result["validation_gb"] = validation_peak(module, row, trainer)
+        result["validation_gb"] = timer.validation_peak
         with trainer.precision_plugin.forward_context():
             flops = model_flops_per_sample(module, row, pre_encoded)
         peak = peak_flops()

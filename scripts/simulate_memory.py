@@ -40,12 +40,7 @@ from amused_lightning.memsim.common import SimResult, SimRow  # noqa: E402
 from amused_lightning.memsim.ours import simulate_ours  # noqa: E402
 from amused_lightning.memsim.reference import simulate_reference  # noqa: E402
 
-from benchmark import GB, Row, publish, select_rows  # noqa: E402
-
-
-def validation_prompt_count(row: Row) -> int:
-    """How many validation prompts the row's recipe samples (the seed's commands)."""
-    return 4 if row.name.startswith("styledrop") else 8 if row.resolution == 256 else 5
+from benchmark import GB, Row, publish, select_rows, validation_prompt_count  # noqa: E402
 
 
 def sim_row(row: Row) -> SimRow:
