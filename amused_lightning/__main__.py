@@ -25,6 +25,8 @@ COMMANDS = {
                         "amused_lightning.cli:validate"),
     "export": Command("write a checkpoint as a diffusers pipeline folder and LoRA file",
                       "amused_lightning.export_command:main"),
+    "check-data": Command("report a config's data without training: rows, captions, sizes, a preview grid",
+                          "amused_lightning.check_data:main"),
     "generate": Command("draw images for prompts from a checkpoint, a pipeline folder, or a base model and LoRA",
                         "amused_lightning.generate:main"),
 }
@@ -32,7 +34,7 @@ COMMANDS = {
 
 def usage() -> str:
     """The command table, as `--help` prints it."""
-    rows = "\n".join(f"  {name:<10}{command.summary}" for name, command in COMMANDS.items())
+    rows = "\n".join(f"  {name:<12}{command.summary}" for name, command in COMMANDS.items())
     return (f"usage: python -m amused_lightning COMMAND [--help] [-q | -v] [--debug] ...\n\n"
             f"Finetune aMUSEd with Lightning.\n\ncommands:\n{rows}\n\n"
             "`python -m amused_lightning COMMAND --help` describes each one.\n\n"

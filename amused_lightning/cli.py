@@ -173,9 +173,10 @@ class AmusedCLI(LightningCLI):
                   f"{held_out_table(self.trainer.callback_metrics)}")
 
 
-def cli_main(args: list[str] | None = None, run: bool = True) -> AmusedCLI:
-    """`fit` or `validate`; `args` lets tests drive the CLI without a subprocess."""
-    return AmusedCLI(AmusedModule, AmusedDataModule, seed_everything_default=0, args=args, run=run,
+def cli_main(args: list[str] | None = None, run: bool = True, cli_class: type[AmusedCLI] = AmusedCLI) -> AmusedCLI:
+    """`fit` or `validate`; `args` lets tests drive the CLI without a subprocess; `cli_class` lets `check-data`
+    parse exactly as `fit` does."""
+    return cli_class(AmusedModule, AmusedDataModule, seed_everything_default=0, args=args, run=run,
                      auto_configure_optimizers=False,
                      save_config_kwargs={"overwrite": True},
                      # Parse errors raise, for the command table to report as one line (not 100 lines of usage).

@@ -54,6 +54,15 @@ def load_components(pretrained: str, revision: str | None = None, variant: str |
     )
 
 
+def load_tokenizer(pretrained: str, revision: str | None = None) -> CLIPTokenizer:
+    """Only the tokenizer of `pretrained`: no weights load (the data check counts caption tokens with it)."""
+    pretrained = resolve_embedded(pretrained)
+    if pretrained in PRESETS:
+        return byte_level_clip_tokenizer()
+    _check_local_layout(pretrained)
+    return _load(CLIPTokenizer, pretrained, "tokenizer", revision=revision)
+
+
 def components_identity(pretrained: str, revision: str | None, variant: str | None, seed: int) -> str:
     """What the frozen encoders' weights depend on: preset and seed, hub id and revision, or the local files."""
     pretrained = resolve_embedded(pretrained)

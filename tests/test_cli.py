@@ -72,14 +72,15 @@ def test_quickstart_config_values():
 def test_one_command_table_lists_every_command_and_only_those(capsys):
     main(["--help"])
     listing = capsys.readouterr().out
-    assert all(f"  {name} " in listing for name in ("fit", "validate", "export", "generate")) and len(COMMANDS) == 4
+    names = ("fit", "validate", "export", "generate", "check-data")
+    assert all(f"  {name} " in listing for name in names) and len(COMMANDS) == len(names)
     for unknown in ("test", "predict", "fitt"):
         with pytest.raises(SystemExit) as exit_info:
             main([unknown])
         assert exit_info.value.code == 2 and f"unknown command {unknown!r}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["fit", "validate", "export", "generate"])
+@pytest.mark.parametrize("command", ["fit", "validate", "export", "generate", "check-data"])
 def test_every_command_has_its_own_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

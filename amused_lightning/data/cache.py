@@ -2,8 +2,9 @@
 
 A cache lives in <cache_dir>/<key>/, the key hashing everything its contents depend on (the data, the frozen
 encoders, the transform settings, the rows, the text dtype), so a changed setting can never read a stale cache.
-Each image keeps up to `crops` pre-encoded random crops (a single one when its crop is unique and unflipped). A row
-whose image turns out bad while encoding keeps none, and the reason (under data.on_bad_image=skip).
+Each image keeps up to `crops` pre-encoded random crops (a single one when its crop is unique and unflipped), and each
+of its captions its embeddings (a draw picks one as the uncached path does). A row whose image turns out bad while
+encoding keeps none, and the reason (under data.on_bad_image=skip).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 
 from amused_lightning.batch import IMAGE_TOKENS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
 from amused_lightning.data.bad_data import BadImageError
+from amused_lightning.data.captions import caption_index
 from amused_lightning.data.transforms import has_unique_crop, preprocess_image
 from amused_lightning.encoding import (
     FrozenEncoders,
@@ -35,7 +37,7 @@ from amused_lightning.progress import iterate
 from amused_lightning.seeding import derive_seed
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: embeddings of every caption of a row, located by caption_starts.npy
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,9 @@ class TokenCache:
         self.has_text = self.meta["text_precision"] is not None
         self.bad = {int(index): message for index, message in self.meta.get("bad", {}).items()}
         if self.has_text:
-            self.hidden = np.load(folder / "hidden.npy", mmap_mode="r")
+            self.hidden = np.load(folder / "hidden.npy", mmap_mode="r")  # (captions of all rows, 77, D)
             self.pooled = np.load(folder / "pooled.npy", mmap_mode="r")
+            self.caption_starts = np.load(folder / "caption_starts.npy")  # (N + 1,): row i's are [i]:[i + 1]
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -81,17 +84,20 @@ class TokenCache:
         # Data loader workers reopen the files rather than receive pickled copies of the arrays.
         return TokenCache, (self.folder,)
 
-    def sample(self, row: int, seed: int) -> dict[str, torch.Tensor]:
-        """One of the row's cached crops, chosen by `seed`, with its micro_conds and prompt embeddings; BadImageError
-        for a row whose image could not be encoded."""
-        if row in self.bad:
-            raise BadImageError(self.bad[row])
-        crop = random.Random(seed).randrange(int(self.num_crops[row]))
-        sample = {IMAGE_TOKENS: torch.from_numpy(self.tokens[row, crop].astype(np.int64)),
-                  MICRO_CONDS: torch.from_numpy(np.array(self.micro_conds[row, crop]))}
+    def sample(self, index: int, seed: int, row: int) -> dict[str, torch.Tensor]:
+        """One of the cached crops of entry `index` (source row `row`), chosen by `seed`, with its micro_conds and
+        the embeddings of the caption `caption_index` draws; BadImageError for a row whose image could not be
+        encoded."""
+        if index in self.bad:
+            raise BadImageError(self.bad[index])
+        crop = random.Random(seed).randrange(int(self.num_crops[index]))
+        sample = {IMAGE_TOKENS: torch.from_numpy(self.tokens[index, crop].astype(np.int64)),
+                  MICRO_CONDS: torch.from_numpy(np.array(self.micro_conds[index, crop]))}
         if self.has_text:
-            sample[PROMPT_HIDDEN] = torch.from_numpy(np.array(self.hidden[row]))
-            sample[PROMPT_POOLED] = torch.from_numpy(np.array(self.pooled[row]))
+            start, end = int(self.caption_starts[index]), int(self.caption_starts[index + 1])
+            caption = start + caption_index(end - start, seed, row)
+            sample[PROMPT_HIDDEN] = torch.from_numpy(np.array(self.hidden[caption]))
+            sample[PROMPT_POOLED] = torch.from_numpy(np.array(self.pooled[caption]))
         return sample
 
 
@@ -141,18 +147,19 @@ class CacheBuilder:
                 part.to(device).train(training)
 
     def encode(self, spec: CacheSpec, folder: Path, source, rows: list[int], require_unique_crops: bool) -> bool:
-        """Encode every row's crops and prompt into `folder`; False if a required unique crop is missing."""
+        """Encode every row's crops and captions into `folder`; False if a required unique crop is missing."""
         grid = spec.resolution // pixels_per_token(self.encoders.vqvae.config)
         tokens = np.lib.format.open_memmap(folder / "tokens.npy", "w+", np.int16, (len(rows), spec.crops, grid, grid))
         conds = np.lib.format.open_memmap(folder / "micro_conds.npy", "w+", np.float32, (len(rows), spec.crops, 5))
         num_crops = np.zeros(len(rows), dtype=np.int16)
+        starts = np.cumsum([0] + [len(source.captions(row).lines) for row in rows])
         text, bad = None, {}
-        starts = range(0, len(rows), self.batch_size)
-        for start in iterate(starts, len(starts), "pre-encoding batch", "batches"):
+        batches = range(0, len(rows), self.batch_size)
+        for start in iterate(batches, len(batches), "pre-encoding batch", "batches"):
             loaded = self._load(source, rows, range(start, min(start + self.batch_size, len(rows))), bad)
             if not loaded:
                 continue
-            indices, images, prompts = (list(column) for column in zip(*loaded))
+            indices, images = (list(column) for column in zip(*loaded))
             crops = _crops(spec, images, [rows[index] for index in indices], require_unique_crops)
             if crops is None:
                 return False
@@ -160,11 +167,10 @@ class CacheBuilder:
             with torch.no_grad():
                 _encode_crops(self.encoders.vqvae, crops, tokens, conds, indices, self.device)
                 if spec.text_precision is not None:
-                    hidden, pooled = self._encode_prompts(prompts)
-                    text = text or _text_arrays(folder, len(rows), hidden, pooled)
-                    text[0][indices] = hidden.float().cpu().numpy()
-                    text[1][indices] = pooled.float().cpu().numpy()
+                    text = self._encode_captions(source, [rows[index] for index in indices],
+                                                 [starts[index] for index in indices], text, folder, int(starts[-1]))
         np.save(folder / "num_crops.npy", num_crops)
+        np.save(folder / "caption_starts.npy", starts)
         for array in (tokens, conds, *(text or ())):
             array.flush()
         meta = {**asdict(spec), "format": CACHE_FORMAT, "bad": {str(index): reason for index, reason in bad.items()}}
@@ -172,18 +178,30 @@ class CacheBuilder:
         return True
 
     def _load(self, source, rows: list[int], indices: range, bad: dict[int, str]) -> list[tuple]:
-        """(index, image, prompt) of each of `indices` whose row decodes; a bad one is put in `bad` (under "skip",
-        else it raises)."""
+        """(index, image) of each of `indices` whose row decodes; a bad one is put in `bad` (under "skip", else it
+        raises)."""
         loaded = []
         for index in indices:
             try:
-                loaded.append((index, *source[rows[index]]))
+                loaded.append((index, source.image(rows[index])))
             except BadImageError as error:
                 if self.on_bad_image == "error":
                     raise
                 log.warning("skipping %s (data.on_bad_image=skip; a draw of it takes the next row)", error)
                 bad[index] = str(error)
         return loaded
+
+    def _encode_captions(self, source, rows: list[int], starts: list[int], text: tuple | None, folder: Path,
+                         total: int) -> tuple:
+        """Write the embeddings of every caption of `rows` from their `starts` on; returns the (hidden, pooled)
+        arrays, made on the first call."""
+        captions = [source.captions(row).lines for row in rows]
+        hidden, pooled = self._encode_prompts([line for lines in captions for line in lines])
+        text = text or _text_arrays(folder, total, hidden, pooled)
+        positions = [start + i for start, lines in zip(starts, captions) for i in range(len(lines))]
+        text[0][positions] = hidden.float().cpu().numpy()
+        text[1][positions] = pooled.float().cpu().numpy()
+        return text
 
     def _encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """CLIP's outputs for `prompts`, under the run's precision."""

@@ -47,8 +47,9 @@ class AmusedDataModule(L.LightningDataModule):
     ):
         """
         Args:
-            source: The training data: `HFDataset` (a Hugging Face dataset), `ImageFolder` (every image in a folder,
-                prompted by its file name) or `SingleImage` (one image, StyleDrop), each with its own settings.
+            source: The training data: `HFDataset` (a Hugging Face dataset), `ImageFolder` (every image in a folder
+                and its subfolders, captioned by a `.txt` file beside it, metadata.jsonl/csv, or its file name) or
+                `SingleImage` (one image, StyleDrop), each with its own settings.
             resolution: Side of the square training crop, in pixels; a multiple of the VQ downscale factor.
             center_crop: Crop the centre instead of a random square.
             random_flip: Flip half of the images horizontally.

@@ -53,15 +53,16 @@ class PixelDataset(RowDataset):
         self.known_bad: set[int] = set()
 
     def _sample(self, index: int, seed: int) -> dict[str, Any]:
-        image, prompt = self.source[self.rows[index]]
-        sample = preprocess_image(image, rng=random.Random(seed), **self.transform)
-        sample[INPUT_IDS] = tokenize_prompts(self.tokenizer, [prompt])[0]
+        row = self.rows[index]
+        sample = preprocess_image(self.source.image(row), rng=random.Random(seed), **self.transform)
+        sample[INPUT_IDS] = tokenize_prompts(self.tokenizer, [self.source.prompt(row, seed)])[0]
         return sample
 
 
 class CachedDataset(RowDataset):
-    """Pre-encoded image tokens (one of each row's cached crops, drawn by the key's seed) and prompt embeddings
-    (or prompt token ids, when the cache holds no text because the text encoder trains)."""
+    """Pre-encoded image tokens (one of each row's cached crops, drawn by the key's seed) and the embeddings of the
+    caption drawn as `PixelDataset` draws it (or its token ids, when the cache holds no text because the text encoder
+    trains)."""
 
     def __init__(self, cache: TokenCache, source: DataSource, rows: list[int], cache_rows: list[int], tokenizer,
                  on_bad_image: str):
@@ -72,7 +73,7 @@ class CachedDataset(RowDataset):
 
     def _sample(self, index: int, seed: int) -> dict[str, Any]:
         row = self.rows[index]
-        sample = self.cache.sample(self.cache_index[row], seed)
+        sample = self.cache.sample(self.cache_index[row], seed, row)
         if not self.cache.has_text:
-            sample[INPUT_IDS] = tokenize_prompts(self.tokenizer, [self.source.prompt(row)])[0]
+            sample[INPUT_IDS] = tokenize_prompts(self.tokenizer, [self.source.prompt(row, seed)])[0]
         return sample

@@ -1,4 +1,5 @@
-"""The three kinds of training data, chosen by `data.source`: a Hugging Face dataset, a folder of images, one image.
+"""The training data, chosen by `data.source`: a Hugging Face dataset here; a folder of images or one image in
+`files`.
 
 Each source holds its own settings, opens its data on first use (parsing a config opens nothing), names what its
 contents depend on (`identity`, part of the cache key), finds its bad rows before training (`bad_rows`, see
@@ -27,12 +28,10 @@ from amused_lightning.data.bad_data import (
     prompt_problem,
     scan_progress,
 )
+from amused_lightning.data.captions import DATASET_COLUMN, Captions, caption_index
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset(suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
-# A single image is repeated to fill this many batches per epoch, so loaders are not restarted every step.
-SINGLE_IMAGE_BATCHES_PER_EPOCH = 100
 
 
 class DataSourceError(ValueError):
@@ -48,7 +47,7 @@ class Split(NamedTuple):
 
 
 class DataSource(ABC):
-    """Images with prompts, indexed by row: `source[row] -> (PIL image, prompt)`."""
+    """Images with captions, indexed by row: `source[row] -> (PIL image, first caption)`."""
 
     identity: str
     """What the rows' contents depend on (path, split, file sizes and times ...): part of the cache key."""
@@ -64,12 +63,13 @@ class DataSource(ABC):
         raise NotImplementedError
 
     @abstractmethod
-    def __getitem__(self, row: int) -> tuple[Image.Image, str]:
+    def captions(self, row: int) -> Captions:
+        """Every caption of `row` (a draw trains on one), where they come from, and what is wrong with them."""
         raise NotImplementedError
 
     @abstractmethod
-    def prompt(self, row: int) -> str:
-        """The prompt of `row`, without decoding its image."""
+    def image_data(self, row: int) -> ImageData | None:
+        """The image of `row`, still encoded: its bytes or its file path."""
         raise NotImplementedError
 
     @abstractmethod
@@ -77,10 +77,24 @@ class DataSource(ABC):
         """`row` named for a warning or an error: its dataset and index, or its file."""
         raise NotImplementedError
 
-    @abstractmethod
     def problem(self, row: int) -> str | None:
-        """Why `row` cannot be used, judging from its prompt and its image's header, or None."""
-        raise NotImplementedError
+        """Why `row` cannot be used, judging from its captions and its image's header, or None."""
+        return self.captions(row).problem or image_problem(self.image_data(row))
+
+    def prompt(self, row: int, seed: int = 0) -> str:
+        """The caption the draw of `row` with seed `seed` trains on (see `captions.caption_index`)."""
+        lines = self.captions(row).lines
+        return lines[caption_index(len(lines), seed, row)]
+
+    def image(self, row: int) -> Image.Image:
+        """The image of `row`, fully decoded; BadImageError naming the row and why when it cannot be."""
+        try:
+            return load_image(self.image_data(row))
+        except UnusableImage as error:
+            raise BadImageError(f"{self.where(row)}: {error}") from error
+
+    def __getitem__(self, row: int) -> tuple[Image.Image, str]:
+        return self.image(row), self.prompt(row)
 
     @cached_property
     def bad_rows(self) -> dict[int, str]:
@@ -96,13 +110,6 @@ class DataSource(ABC):
             raise DataSourceError(f"data.source ({type(self).__name__}) has no usable row: all {len(self)} are bad, "
                                   f"for example {self.where(row)}: {reason}")
         return rows
-
-    def decoded(self, row: int, data: ImageData | None) -> Image.Image:
-        """The image `data` of `row`, fully decoded; BadImageError naming the row and why when it cannot be."""
-        try:
-            return load_image(data)
-        except UnusableImage as error:
-            raise BadImageError(f"{self.where(row)}: {error}") from error
 
     def split_rows(self, val_samples: int, seed: int, batch_size: int, world_size: int) -> Split:
         """(training rows, held-out source, held-out rows) among the usable rows: `val_samples` held out of
@@ -167,17 +174,14 @@ class HFDataset(DataSource):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def prompt(self, row: int) -> str:
-        return self.prompts[row]
+    def captions(self, row: int) -> Captions:
+        return Captions((self.prompts[row],), DATASET_COLUMN, prompt_problem(self.prompts[row]))
+
+    def image_data(self, row: int) -> ImageData | None:
+        return _image_data(self.encoded_images[row][self.image_key])
 
     def where(self, row: int) -> str:
         return f"data.source.path={self.path!r} split {self.split!r} row {row}"
-
-    def problem(self, row: int) -> str | None:
-        return prompt_problem(self.prompts[row]) or image_problem(_image_data(self.encoded_images[row][self.image_key]))
-
-    def __getitem__(self, row: int) -> tuple[Image.Image, str]:
-        return self.decoded(row, _image_data(self.encoded_images[row][self.image_key])), self.prompts[row]
 
     def split_rows(self, val_samples: int, seed: int, batch_size: int, world_size: int) -> Split:
         """With `val_split`, all of `split` trains and the first `val_samples` rows of `val_split` are scored."""
@@ -215,102 +219,3 @@ def _image_data(stored: dict | None) -> ImageData | None:
 def could_be_hub_id(path: str) -> bool:
     """Whether `path` has the shape of a Hub id (`name` or `owner/name`) rather than only of a file path."""
     return path.count("/") <= 1 and not path.startswith((".", "/", "~")) and "\\" not in path
-
-
-class ImageFolder(DataSource):
-    """Every image file in a folder (by suffix), prompted by its file name without the suffix; other files are
-    ignored, unreadable images are bad rows (see data.on_bad_image)."""
-
-    def __init__(self, path: str):
-        """
-        Args:
-            path: Folder of images.
-        """
-        self.path = path
-
-    @cached_property
-    def paths(self) -> list[Path]:
-        root = Path(self.path).expanduser()
-        if not root.is_dir():
-            raise DataSourceError(f"data.source.path={self.path!r} is not a folder")
-        paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise DataSourceError(f"data.source.path={self.path!r} holds no readable image (0 image files found)")
-        return paths
-
-    @cached_property
-    def identity(self) -> str:
-        return "image_dir:" + ";".join(_file_identity(path) for path in self.paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def prompt(self, row: int) -> str:
-        return self.paths[row].stem
-
-    def where(self, row: int) -> str:
-        return f"image file {str(self.paths[row])!r}"
-
-    def problem(self, row: int) -> str | None:
-        return image_problem(self.paths[row])
-
-    def __getitem__(self, row: int) -> tuple[Image.Image, str]:
-        path = self.paths[row]
-        return self.decoded(row, path), path.stem
-
-
-class SingleImage(DataSource):
-    """One image (StyleDrop), prompted by its file name without the suffix, a fresh random crop at each draw."""
-
-    def __init__(self, path: str):
-        """
-        Args:
-            path: The image file.
-        """
-        self.path = path
-
-    @cached_property
-    def image(self) -> Image.Image:
-        """The image, decoded; an error whatever data.on_bad_image says when it cannot be (nothing would train)."""
-        path = Path(self.path).expanduser()
-        if not path.is_file():
-            raise DataSourceError(f"data.source.path={self.path!r} is not a file")
-        try:
-            return load_image(path)
-        except UnusableImage as error:
-            raise DataSourceError(f"data.source.path={self.path!r} is not a readable image: {error}") from error
-
-    @cached_property
-    def identity(self) -> str:
-        self.image  # noqa: B018 (checks the file first)
-        return "image:" + _file_identity(Path(self.path).expanduser())
-
-    def __len__(self) -> int:
-        return 1
-
-    def prompt(self, row: int) -> str:
-        return Path(self.path).stem
-
-    def where(self, row: int) -> str:
-        return f"image file {self.path!r}"
-
-    def problem(self, row: int) -> str | None:
-        self.image  # noqa: B018 (raises when unreadable)
-        return None
-
-    def __getitem__(self, row: int) -> tuple[Image.Image, str]:
-        return self.image, self.prompt(row)
-
-    def split_rows(self, val_samples: int, seed: int, batch_size: int, world_size: int) -> Split:
-        """The image repeated to fill `SINGLE_IMAGE_BATCHES_PER_EPOCH` batches on every device, and scored itself."""
-        self.image  # noqa: B018 (checks the file first)
-        return Split([0] * (batch_size * world_size * SINGLE_IMAGE_BATCHES_PER_EPOCH), self, [0])
-
-
-def _file_identity(path: Path) -> str:
-    """A file's path, size and modification time: it changes whenever the file does (or goes)."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return f"{path.resolve()}:missing"
-    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"

@@ -1,0 +1,104 @@
+"""`check-data`: what `fit` would train on, without training. Reads the `data:` section of fit's config (and
+model.pretrained's tokenizer, no weights) and reports usable rows, skipped ones with the reason, caption sources and
+lengths in CLIP tokens, image sizes and aspect ratios; writes a preview grid of samples with their captions.
+
+    python -m amused_lightning check-data --config configs/<recipe>.yaml [--data.source.path ...] [--preview out.png]
+
+Every argument other than those below is fit's, parsed as fit parses it: --config files, --data.* and
+--model.pretrained overrides (see `python -m amused_lightning fit --help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from amused_lightning.errors import ExistingOutputError
+
+if TYPE_CHECKING:
+    from amused_lightning.data import AmusedDataModule
+    from amused_lightning.data.report import DataReport
+
+PREVIEW_NAME = "data-check.png"
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """This command's own arguments, and the rest (fit's)."""
+    parser = argparse.ArgumentParser(prog="python -m amused_lightning check-data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--preview", type=Path, default=None,
+                        help=f"PNG grid of samples with their captions (default: <trainer.default_root_dir>/"
+                             f"{PREVIEW_NAME}, or ./{PREVIEW_NAME} when the config names no run folder)")
+    parser.add_argument("--samples", type=int, default=16, help="samples in the preview grid (0: no preview)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a preview file that already exists")
+    args, rest = parser.parse_known_args(argv)
+    if args.samples < 0:
+        parser.error(f"--samples {args.samples} must be 0 or more")
+    return args, rest
+
+
+def fit_settings(argv: list[str]):
+    """fit's settings from `argv`, parsed and checked as fit parses them (links included); nothing is built."""
+    from amused_lightning.cli import AmusedCLI, cli_main
+
+    class ParseOnly(AmusedCLI):
+        def before_instantiate_classes(self) -> None:
+            pass  # no run folder lock, no trainer checks: nothing trains
+
+        def instantiate_classes(self) -> None:
+            pass
+
+    return cli_main(argv, run=False, cli_class=ParseOnly).config
+
+
+def data_module(settings) -> AmusedDataModule:
+    """The DataModule the `data:` settings describe, as fit builds it."""
+    from lightning.pytorch.cli import instantiate_class
+
+    from amused_lightning.data import AmusedDataModule
+
+    data = settings.data.as_dict()
+    return AmusedDataModule(instantiate_class((), data.pop("source")), **data)
+
+
+def preview_path(args: argparse.Namespace, settings) -> Path:
+    """Where the preview goes; an error when a file is there and --overwrite is not given."""
+    path = args.preview or Path(settings.trainer.default_root_dir or ".") / PREVIEW_NAME
+    if path.exists() and not args.overwrite:
+        raise ExistingOutputError(f"preview {str(path)!r} already exists: pass --overwrite to replace it, or "
+                                  "--preview <other file>")
+    return path
+
+
+def write_preview(datamodule: AmusedDataModule, count: int, path: Path) -> Path:
+    """A grid of `count` usable samples spread over the source, with their captions, written to `path`."""
+    from amused_lightning.data.preview import evenly_spaced, preview_grid
+
+    source = datamodule.source
+    rows = evenly_spaced(source.usable_rows(), count)
+    image = preview_grid([(source.image(row), source.captions(row)) for row in rows], datamodule.hparams.resolution)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> DataReport:
+    args, rest = parse(argv)
+    # torch, Lightning and datasets load only once the arguments are known good: `--help` stays instant.
+    from amused_lightning.components import load_tokenizer
+    from amused_lightning.data.report import format_report, scan_source
+
+    settings = fit_settings(rest)
+    path = preview_path(args, settings) if args.samples else None
+    datamodule = data_module(settings)
+    tokenizer = load_tokenizer(settings.model.pretrained, settings.model.revision)
+    hp = datamodule.hparams
+    split = datamodule.source.split_rows(hp.val_samples, hp.seed, hp.batch_size, 1)
+    report = scan_source(datamodule.source, tokenizer, split.train_rows)
+    print(format_report(report, hp.resolution, hp.on_bad_image))
+    if path is not None:
+        usable = report.total - len(report.skipped)
+        print(f"wrote {write_preview(datamodule, args.samples, path)} ({min(args.samples, usable)} samples with "
+              "their captions)")
+    return report
