@@ -213,7 +213,7 @@ class AmusedDataModule(L.LightningDataModule):
         # Runs when the loop takes a training batch for a step (not when it is prefetched): the exact resume point.
         replaced = int(batch.pop(REPLACED).sum()) if REPLACED in batch else 0
         if self.trainer is not None and self.trainer.training:
-            # Draws of the epoch taken by all processes together (each takes as many): a count any layout resumes.
+            # Draws of the epoch taken by all processes together (each takes as many), not by this one alone.
             self._consumed = (self.trainer.current_epoch, (int(batch[POSITION].max()) + 1) * self._world_size())
             self._replaced += replaced
             self._log_skipped()

@@ -41,8 +41,8 @@ class ResumableSampler(DistributedSampler):
         self._resume: tuple[int, int] | None = None
 
     def resume_at(self, epoch: int, drawn: int) -> None:
-        """Start the next pass over `epoch` after its first `drawn` draws, counted over all processes together (so
-        a run may resume on another number of processes)."""
+        """Start the next pass over `epoch` after its first `drawn` draws, counted over all processes together (the
+        count the DataModule saves)."""
         self._resume = (epoch, drawn // self.num_replicas)
 
     def epoch_order(self) -> list[int]:
