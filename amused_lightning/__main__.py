@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from amused_lightning.console import Console, apply_lightning_level, configure, take_switches
 from amused_lightning.errors import one_line, user_error_types
+from amused_lightning.run_lock import is_first_process
 
 
 class Command(NamedTuple):
@@ -57,7 +58,8 @@ def run(command: str, argv: list[str], console: Console) -> None:
             raise
         parsing = isinstance(error, argparse.ArgumentError)
         hint = f" (see `python -m amused_lightning {command} --help`)" if parsing else ""
-        print(one_line(error) + hint, file=sys.stderr)
+        if is_first_process() or not getattr(error, "said_by_every_process", False):
+            print(one_line(error) + hint, file=sys.stderr)
         raise SystemExit(getattr(error, "exit_code", 2)) from None
 
 

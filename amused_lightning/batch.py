@@ -21,7 +21,9 @@ class PixelBatch(TypedDict):
     pixel_values: torch.Tensor  # (B, 3, H, W) in [0, 1]
     input_ids: torch.Tensor  # (B, 77)
     micro_conds: torch.Tensor  # (B, 5): orig width, orig height, crop top, crop left, aesthetic score
-    position: torch.Tensor  # (B,) place of each sample in its epoch's order: the resume point, the held-out mask seed
+    # (B,) the place of each training sample among its process's draws of the epoch (the resume point), or of each
+    # held-out sample among them (its mask seed)
+    position: torch.Tensor
 
 
 class _EncodedPrompts(TypedDict, total=False):

@@ -50,6 +50,8 @@ class Preempted(RunStopped):
     """SIGTERM or SIGINT: the run saved a checkpoint at the step reached and stopped."""
 
     label = "stopped"
+    # Every process of a multi-process run stops at the same step with this message: the first one says it.
+    said_by_every_process = True
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

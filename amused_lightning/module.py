@@ -49,7 +49,7 @@ from amused_lightning.pipeline import (
     build_trained_parts,
     check_checkpoint_mark,
 )
-from amused_lightning.seeding import derive_seed
+from amused_lightning.seeding import derive_seed, micro_batch_slot
 from amused_lightning.validation import held_out_mask, held_out_scores, log_validation_images, save_validation_images
 
 log = logging.getLogger(__name__)
@@ -250,9 +250,11 @@ class AmusedModule(L.LightningModule):
                                self.mask_id, self.memory.decode_chunk_size)
 
     def _micro_batch_generator(self, batch_idx: int) -> torch.Generator:
-        micro_batch = batch_idx % self.trainer.accumulate_grad_batches
-        # Derived from where the step is, so a resumed run draws what an unbroken one would.
-        seed = derive_seed(self.spec.seed, self.global_rank, self.global_step, micro_batch)
+        slot = micro_batch_slot(batch_idx % self.trainer.accumulate_grad_batches, self.global_rank,
+                                self.trainer.world_size)
+        # Derived from where the step is, so a resumed run draws what an unbroken one would; 0 where the rank used
+        # to be, so one process draws the masks it always drew.
+        seed = derive_seed(self.spec.seed, 0, self.global_step, slot)
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -115,7 +115,12 @@ class Preemption(Checkpoint):
         path = last_checkpoint_path(trainer)
         if trainer.is_global_zero and path.is_symlink():  # save_last="link": never write through to a step file
             path.unlink()
-        trainer.save_checkpoint(path)
+        # A full checkpoint (optimizer, callbacks, data position) as ModelCheckpoint writes; saying so spares a log
+        # line per process in which Lightning says it assumed it.
+        trainer.save_checkpoint(path, weights_only=False)
+        # Lightning hands a step's scalars (train/loss, ...) to the loggers only after this hook: without this, the
+        # step the run stops at would have none, and the resumed run starts after it.
+        trainer._logger_connector.update_train_step_metrics()
         name = signal.Signals(self.received or signal.SIGTERM).name
         requeue = "; SLURM requeues the job" if self.requeued else ""
         raise Preempted(f"{name} after optimizer step {trainer.global_step}: saved {path}{requeue}; continue with "

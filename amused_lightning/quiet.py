@@ -20,6 +20,11 @@ HARMLESS_WARNINGS = (
     (r"The dirpath has changed from", UserWarning),
     # The command table hands LightningCLI the arguments that follow the command name, which sys.argv also holds.
     (r"LightningCLI's args parameter is intended", UserWarning),
+    # Under DDP: the held-out scores are torchmetrics means, which average over all processes themselves.
+    (r"It is recommended to use `self.log\('val/.*sync_dist=True", UserWarning),
+    # Under DDP: the depthwise convolutions' weights (C, 1, 3, 3) differ from their gradient bucket only in the stride
+    # of a dimension of size 1, which changes nothing in memory.
+    (r"(?s)Grad strides do not match bucket view strides.*grad.sizes\(\) = \[\d+, 1, ", UserWarning),
 )
 
 # logger name: start of the message. Filters on the emitting logger, since records do not pass a parent's filters.

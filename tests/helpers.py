@@ -108,12 +108,12 @@ def image_steps(root: Path) -> dict[str, list[int]]:
 
 class SignalAt(L.Callback):
     """Sends `signum` to its own process at the end of training micro-batch `batch` (counted from 0): a signal at a
-    chosen point, for subprocess runs."""
+    chosen point, for subprocess runs; with `rank`, only in the process of that global rank."""
 
-    def __init__(self, signum: int = 15, batch: int = 0):
-        self.signum, self.batch, self.seen = signum, batch, 0
+    def __init__(self, signum: int = 15, batch: int = 0, rank: int | None = None):
+        self.signum, self.batch, self.rank, self.seen = signum, batch, rank, 0
 
-    def on_train_batch_end(self, *args) -> None:
-        if self.seen == self.batch:
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if self.seen == self.batch and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), self.signum)
         self.seen += 1

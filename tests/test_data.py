@@ -119,3 +119,20 @@ def test_sampler_resumes_mid_epoch_with_the_same_draws():
 def test_sampler_shards_across_ranks():
     shards = [[index for index, _, _ in ResumableSampler(list(range(9)), 3, rank, seed=0)] for rank in range(3)]
     assert sorted(sum(shards, [])) == list(range(9))
+
+
+@pytest.mark.parametrize("rows", [16, 13])
+def test_two_processes_draw_what_one_accumulating_two_draws(rows):
+    # Batch 2: optimizer step k of 2 processes trains on micro-batches 2k, 2k+1 of one process, draw for draw
+    # (crop seeds included), over every whole step; 13 rows leave a last, shorter step dealt out one by one.
+    one = list(ResumableSampler(list(range(rows)), 1, 0, seed=3, batch_size=2))
+    shards = [list(ResumableSampler(list(range(rows)), 2, rank, seed=3, batch_size=2)) for rank in range(2)]
+    steps = [[draw for shard in shards for draw in shard[2 * k:2 * k + 2]] for k in range(len(shards[0]) // 2)]
+    whole = rows // 4
+    assert [draw[:2] for step in steps[:whole] for draw in step] == [draw[:2] for draw in one[:4 * whole]]
+    drawn = [index for shard in shards for index, _, _ in shard]
+    assert set(drawn) == set(range(rows)) and len(drawn) == rows + rows % 2, "every row, padded to an even count"
+    assert [position for _, _, position in shards[1]] == list(range(len(shards[1])))
+    resumed = ResumableSampler(list(range(rows)), 2, 1, seed=3, batch_size=2)
+    resumed.resume_at(0, 4)  # after 4 draws of both processes together: 2 of each
+    assert list(resumed) == shards[1][2:]

@@ -197,7 +197,8 @@ class AmusedDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        self._sampler = ResumableSampler(self.train_dataset, self._world_size(), rank, seed=self.hparams.seed)
+        self._sampler = ResumableSampler(self.train_dataset, self._world_size(), rank, seed=self.hparams.seed,
+                                         batch_size=self.hparams.batch_size)
         if self._resume is not None:
             self._sampler.resume_at(*self._resume)
         return DataLoader(self.train_dataset, batch_size=self.hparams.batch_size, sampler=self._sampler,
@@ -213,7 +214,8 @@ class AmusedDataModule(L.LightningDataModule):
         # Runs when the loop takes a training batch for a step (not when it is prefetched): the exact resume point.
         replaced = int(batch.pop(REPLACED).sum()) if REPLACED in batch else 0
         if self.trainer is not None and self.trainer.training:
-            self._consumed = (self.trainer.current_epoch, int(batch[POSITION].max()) + 1)
+            # Draws of the epoch taken by all processes together (each takes as many), not by this one alone.
+            self._consumed = (self.trainer.current_epoch, (int(batch[POSITION].max()) + 1) * self._world_size())
             self._replaced += replaced
             self._log_skipped()
         return batch
