@@ -43,7 +43,8 @@ class LoopState:
     fit): a single-device strategy, the row's precision, where the loop is."""
 
     def __init__(self, accumulate_grad_batches: int, precision: str):
-        self.accumulate_grad_batches, self.global_step, self.global_rank = accumulate_grad_batches, 0, 0
+        self.accumulate_grad_batches, self.global_step = accumulate_grad_batches, 0
+        self.global_rank, self.world_size = 0, 1
         self.precision, self.strategy = precision, SingleDeviceStrategy(DEVICE)
 
 
