@@ -41,7 +41,14 @@ from amused_lightning.image_metrics import ImageMetric, evaluate_image_metrics
 from amused_lightning.loss import masked_token_loss, masked_token_scores
 from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
 from amused_lightning.memory import on_device
-from amused_lightning.optim import group_settings, lr_schedule, parameter_groups, reapply_settings
+from amused_lightning.optim import (
+    check_same_optimizer,
+    class_path,
+    group_settings,
+    lr_schedule,
+    parameter_groups,
+    reapply_settings,
+)
 from amused_lightning.pipeline import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_MARK,
@@ -118,6 +125,7 @@ class AmusedModule(L.LightningModule):
         self.last_validated_step: int | None = None
         self._empty_prompt: tuple[torch.Tensor, torch.Tensor] | None = None
         self._configured_groups: list[dict[str, Any]] = []
+        self._saved_optimizer: str | None = None  # the optimizer class of the checkpoint a fit resumes
         self.train()  # frozen parts in eval mode from the start, so the model summary shows what trains
 
     def _apply_memory_levers(self) -> None:
@@ -286,6 +294,7 @@ class AmusedModule(L.LightningModule):
     def on_train_start(self) -> None:
         # A checkpoint's optimizer and scheduler states carry its learning rate and settings: the configured ones win.
         if self.trainer.ckpt_path is not None:
+            check_same_optimizer(self._saved_optimizer, self.optimizers(use_pl_optimizer=False))
             for line in reapply_settings(self.optimizers(use_pl_optimizer=False), self.lr_schedulers(),
                                          self._configured_groups):
                 log.info(line)
@@ -305,10 +314,11 @@ class AmusedModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keys = self.trained_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
-        checkpoint[CHECKPOINT_MARK] = {"format": CHECKPOINT_FORMAT}
+        checkpoint[CHECKPOINT_MARK] = {"format": CHECKPOINT_FORMAT, "optimizer": class_path(self.optimizers(False))}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_mark(checkpoint, "the checkpoint")
+        self._saved_optimizer = checkpoint[CHECKPOINT_MARK].get("optimizer")
         missing = self.trained_state_keys() - set(checkpoint.get("state_dict", {}))
         if missing:
             raise SettingError(f"the checkpoint lacks {len(missing)} trained weights of this model (for example "

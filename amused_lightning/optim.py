@@ -10,6 +10,8 @@ from diffusers.models.normalization import GlobalResponseNorm, RMSNorm
 from diffusers.optimization import SchedulerType, get_scheduler
 from torch import nn
 
+from amused_lightning.errors import SettingError
+
 # Weights of these modules scale or shift activations, or look up embeddings: decaying them towards zero only hurts.
 _NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, RMSNorm, GlobalResponseNorm, nn.Embedding)
 LR_SCHEDULES = tuple(kind.value for kind in (
@@ -42,6 +44,19 @@ def group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
     """Each parameter group's settings (initial_lr, betas, weight_decay, ...) without its parameters."""
     return [{key: value for key, value in group.items() if key not in ("params", "lr")}
             for group in optimizer.param_groups]
+
+
+def class_path(optimizer: torch.optim.Optimizer) -> str:
+    """`module.Class` of an optimizer, as a checkpoint records it."""
+    return f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
+
+
+def check_same_optimizer(saved: str | None, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse to resume a checkpoint's optimizer state into an optimizer of another class (its state would not fit)."""
+    if saved is not None and saved != class_path(optimizer):
+        raise SettingError(f"model.optimizer changed on resume: {saved} -> {class_path(optimizer)}: the checkpoint's "
+                           "optimizer state belongs to the first; resume with it, or start a new run in another "
+                           "trainer.default_root_dir")
 
 
 def reapply_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,

@@ -36,6 +36,13 @@ def test_a_change_to_what_the_weights_mean_is_refused(lora_run, toy_dataset, cap
     assert refusal in line and "step=2.ckpt was trained with" in line, line
 
 
+def test_another_optimizer_class_is_refused_before_a_step(lora_run, toy_dataset, capsys):
+    sgd = ("--model.optimizer", "torch.optim.SGD", "--model.optimizer.init_args.lr", "0.1")
+    line = fails_with(capsys, *tiny_fit(lora_run, toy_dataset, *LORA, *sgd, "--ckpt_path", "last"))
+    assert "model.optimizer changed on resume: torch.optim.adamw.AdamW -> torch.optim.sgd.SGD" in line, line
+    assert sorted(p.name for p in (lora_run / "checkpoints").iterdir()) == ["step=1.ckpt", "step=2.ckpt"]
+
+
 def test_the_other_checks_name_the_base_model_and_a_preset_seed():
     old = {"pretrained": "tiny", "seed": 0, "lora": None, "objective": {"cond_dropout_prob": 0.1}}
     with pytest.raises(ValueError, match="model.pretrained changed on resume: tiny -> toy"):
