@@ -210,7 +210,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", type=Path, help="train the transformer and text encoder of this folder further")
     parser.add_argument("--vq-steps", type=int, default=700)
     parser.add_argument("--vq-batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=1500, help="transformer optimizer steps")
+    parser.add_argument("--steps", type=int, default=4500, help="transformer optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--cond-dropout-prob", type=float, default=0.1)

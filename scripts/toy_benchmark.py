@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--skip-full", action="store_true", help="skip the full-finetune run")
     parser.add_argument("--grid", type=Path, default=ROOT / "docs" / "quickstart-before-after.png")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     base = load_components("toy")
     results = {"base": world_scores(base)}
     vq = vq_cell_accuracy(base)
@@ -115,7 +116,8 @@ def main() -> None:
         if not extra:
             before_after_grid(base, after, args.grid)
     lines = [f"`python scripts/toy_benchmark.py` on {datetime.date.today()}, torch {torch.__version__}, "
-             f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}, shared with other jobs), "
+             f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}, load average "
+             f"{load_at_start:.1f} at the start), "
              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}. Accuracies: share of the attributes "
              "each prompt names that the image shows (`ToyWorldScore`), 32 held-out prompts per world, seed 0, "
              "12 steps, guidance 10.", "",
