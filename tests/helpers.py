@@ -7,9 +7,11 @@ from functools import cache
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from amused_lightning.__main__ import main
 from amused_lightning.cli import AmusedCLI, cli_main
 from amused_lightning.components import components_identity, load_components
 from amused_lightning.data import AmusedDataModule
@@ -117,3 +119,13 @@ class SignalAt(L.Callback):
         if self.seen == self.batch and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), self.signum)
         self.seen += 1
+
+
+def fails_with(capsys, *argv: str) -> str:
+    """Runs the command in-process, checks it ends as a user mistake (exit 2, one line), returns that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err and err[-1].startswith("error: ")
+    assert not any("Traceback" in line for line in err)
+    return err[-1]

@@ -19,7 +19,7 @@ from amused_lightning.cli import cli_main
 from amused_lightning.data import ImageFolder
 from amused_lightning.data.bad_data import BadImageError, UnusableImage, image_problem, load_image, prompt_problem
 
-from helpers import connected, scalars, transformer_weights
+from helpers import connected, fails_with, scalars, transformer_weights
 
 GOOD_ROWS = 8
 
@@ -100,16 +100,6 @@ def fit_args(root: Path, source: str, path: Path, *extra: str) -> list[str]:
             "tiny", "--data.source", source, "--data.source.path", str(path), "--data.resolution", "32",
             "--data.batch_size", "4", "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0",
             "--trainer.enable_model_summary", "false", "--trainer.enable_progress_bar", "false", *extra]
-
-
-def fails_with(capsys, *argv: str) -> str:
-    """Runs the command in-process, checks it ends as a user mistake (exit 2, one line), returns that line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and err and err[-1].startswith("error: ")
-    assert not any("Traceback" in line for line in err)
-    return err[-1]
 
 
 def test_what_makes_an_image_or_prompt_bad(monkeypatch):

@@ -15,7 +15,7 @@ from amused_lightning.module import AmusedModule
 from amused_lightning.progress import Printer, progress_line
 from amused_lightning.quiet import silence_harmless_messages
 
-from helpers import scalars
+from helpers import fails_with, scalars
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,16 +24,6 @@ def command(*argv: str) -> subprocess.CompletedProcess:
     """`python -m amused_lightning ARGV` as a user runs it."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "amused_lightning", *argv], capture_output=True, text=True, env=env)
-
-
-def fails_with(capsys, *argv: str) -> str:
-    """Runs the command in-process, checks it ends as a user mistake (exit 2, one line), returns that line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and err and err[-1].startswith("error: ")
-    assert not any("Traceback" in line for line in err)
-    return err[-1]
 
 
 def tiny_fit(root: Path, dataset: Path, *extra: str) -> list[str]:

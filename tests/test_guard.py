@@ -6,13 +6,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_first_hour import fails_with, tiny_fit
+from test_first_hour import tiny_fit
 from torch import nn
 
 from amused_lightning import module
 from amused_lightning.__main__ import main
 from amused_lightning.errors import NonFiniteError
 from amused_lightning.guard import NonFiniteGuard, SkipCounter
+
+from helpers import fails_with
 
 
 def finite_checkpoint(path) -> int:
