@@ -31,7 +31,15 @@ from amused_lightning.loss import masked_token_loss
 from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
 from amused_lightning.presets import CLIP_MAX_LENGTH
 from amused_lightning.seeding import derive_seed
-from amused_lightning.toy_world import caption_words, draw_character, evaluation_captions, sample_characters
+from amused_lightning.toy_world import (
+    BACKGROUNDS,
+    COLORS,
+    HEADS,
+    caption_words,
+    draw_character,
+    evaluation_captions,
+    sample_characters,
+)
 
 SIZE = 64
 CODEBOOK = 64
@@ -150,6 +158,22 @@ def initial_transformer_and_text_encoder(resume: Path | None, vocab_size: int
             CLIPTextModelWithProjection.from_pretrained(resume, subfolder="text_encoder").train().requires_grad_(True))
 
 
+ATTRIBUTES = (("glasses", tuple(COLORS)), ("body", tuple(COLORS)), ("background", tuple(BACKGROUNDS)), ("head", HEADS))
+
+
+def attribute_labels(characters: list) -> torch.Tensor:
+    """(N, 4) class indices of the attributes a caption names: what the text tower learns to tell apart."""
+    return torch.tensor([[values.index(getattr(c, name)) for name, values in ATTRIBUTES] for c in characters])
+
+
+def word_knowledge_loss(text_encoder: CLIPTextModelWithProjection, heads: torch.nn.Linear, input_ids: torch.Tensor,
+                        labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each named attribute read linearly from the pooled embedding of captions of the whole world:
+    like CLIP, the text tower then knows every word of the world, the held-back ones included."""
+    logits = heads(encode_prompts(text_encoder, input_ids)[1]).split([len(v) for _, v in ATTRIBUTES], dim=1)
+    return sum(torch.nn.functional.cross_entropy(part, labels[:, i]) for i, part in enumerate(logits))
+
+
 def train_transformer(vq: VQModel, tokenizer: CLIPTokenizer, args: argparse.Namespace, save=None
                       ) -> tuple[UVit2DModel, CLIPTextModelWithProjection]:
     """The transformer and text encoder, trained jointly on the base world with the masked-token objective."""
@@ -159,7 +183,12 @@ def train_transformer(vq: VQModel, tokenizer: CLIPTokenizer, args: argparse.Name
     empty_ids = tokenize_prompts(tokenizer, [""])
     torch.manual_seed(derive_seed(args.seed, 5))
     transformer, text_encoder = initial_transformer_and_text_encoder(args.resume, len(tokenizer))
-    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    held_out = evaluation_captions("base") | evaluation_captions("finetune")
+    word_characters = sample_characters(args.num_images, derive_seed(args.seed, 7), "all", held_out)
+    word_ids, word_labels = tokenize_prompts(tokenizer, [c.caption() for c in word_characters]), \
+        attribute_labels(word_characters)
+    heads = torch.nn.Linear(TEXT_WIDTH, sum(len(values) for _, values in ATTRIBUTES))
+    params = list(transformer.parameters()) + list(text_encoder.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=0.05)
     generator = torch.Generator().manual_seed(derive_seed(args.seed, 6))
@@ -176,6 +205,9 @@ def train_transformer(vq: VQModel, tokenizer: CLIPTokenizer, args: argparse.Name
         hidden, pooled = drop_conditioning(hidden, pooled, *encode_prompts(text_encoder, empty_ids), drop)
         logits = transformer(inputs, micro_conds=micro_conds, pooled_text_emb=pooled, encoder_hidden_states=hidden)
         loss = masked_token_loss(logits, labels, args.label_smoothing)
+        words = torch.randint(len(word_ids), (args.batch_size,), generator=generator)
+        loss = loss + args.word_loss_weight * word_knowledge_loss(text_encoder, heads, word_ids[words],
+                                                                   word_labels[words])
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -216,6 +248,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cond-dropout-prob", type=float, default=0.1)
     parser.add_argument("--label-smoothing", type=float, default=0.1,
                         help="keeps guidance from amplifying codes that never occur at a place")
+    parser.add_argument("--word-loss-weight", type=float, default=1.0,
+                        help="weight of the text tower's attribute loss on captions of the whole world")
     parser.add_argument("--num-images", type=int, default=4000, help="base-world training images")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=0, help="also write the pipeline every N steps")

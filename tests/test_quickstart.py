@@ -10,7 +10,7 @@ from helpers import scalars
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="not met yet: the toy text encoder does not know the word teal (BENCHMARKS.md, issue 9)",
+@pytest.mark.xfail(reason="not met yet: the quickstart forgets part of the base world (BENCHMARKS.md, issue 9)",
                    strict=False)
 def test_a_short_quickstart_lowers_the_loss_and_raises_the_held_back_score(tmp_path, monkeypatch):
     from make_toy_dataset import build
