@@ -185,8 +185,8 @@ def train_transformer(vq: VQModel, tokenizer: CLIPTokenizer, args: argparse.Name
     transformer, text_encoder = initial_transformer_and_text_encoder(args.resume, len(tokenizer))
     held_out = evaluation_captions("base") | evaluation_captions("finetune")
     word_characters = sample_characters(args.num_images, derive_seed(args.seed, 7), "all", held_out)
-    word_ids, word_labels = tokenize_prompts(tokenizer, [c.caption() for c in word_characters]), \
-        attribute_labels(word_characters)
+    word_ids = tokenize_prompts(tokenizer, [c.caption() for c in word_characters])
+    word_labels = attribute_labels(word_characters)
     heads = torch.nn.Linear(TEXT_WIDTH, sum(len(values) for _, values in ATTRIBUTES))
     params = list(transformer.parameters()) + list(text_encoder.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
