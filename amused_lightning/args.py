@@ -9,6 +9,7 @@ from amused_lightning.adapters import TextEncoderLoraSettings
 from amused_lightning.decoding import GenerationSettings, check_generation_settings
 from amused_lightning.errors import SettingError
 from amused_lightning.optim import LR_SCHEDULES
+from amused_lightning.start_images import StartImages, check_strength, read_image, read_mask, strength_or_default
 
 
 def as_settings(cls: type, value: Any) -> Any:
@@ -103,9 +104,33 @@ class ValidationArgs:
     """Sampling settings of those images (AmusedPipeline's defaults)."""
     mask_ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     """Mask ratios of the held-out loss, each with fixed masks."""
+    images: list[str] = field(default_factory=list)
+    """Start images, one per prompt, redrawn image-to-image (stretched to the model's resolution); empty: the prompts
+    are drawn from nothing."""
+    masks: list[str] = field(default_factory=list)
+    """Inpainting masks, one per start image: white is repainted, black kept; empty: image-to-image."""
+    strength: float | None = None
+    """Share of the decoding steps that redraw the start images, in (0, 1]; default 0.5, or 1.0 with masks."""
 
     def __post_init__(self) -> None:
         self.generation = as_settings(GenerationSettings, self.generation)
         check_generation_settings(self.generation, "model.validation.generation")
         if not self.mask_ratios or not all(0.0 < r <= 1.0 for r in self.mask_ratios):
             raise SettingError(f"model.validation.mask_ratios={self.mask_ratios} must be ratios in (0, 1]")
+        self.start_images()  # every file is read now, so a missing one stops the run before it trains
+
+    def start_images(self) -> StartImages | None:
+        """The start images (and masks) read from their files; None without images."""
+        if not self.images:
+            if self.masks or self.strength is not None:
+                raise SettingError("model.validation.masks and model.validation.strength need model.validation.images")
+            return None
+        for name, files in (("images", self.images), ("masks", self.masks)):
+            if files and len(files) != len(self.prompts):
+                raise SettingError(f"model.validation.{name} has {len(files)} files for {len(self.prompts)} "
+                                   "model.validation.prompts: give one per prompt")
+        check_strength(strength_or_default(self.strength, bool(self.masks)), self.generation.num_inference_steps,
+                       "model.validation.strength")
+        images = [read_image(path, f"model.validation.images[{i}]") for i, path in enumerate(self.images)]
+        masks = [read_mask(path, f"model.validation.masks[{i}]") for i, path in enumerate(self.masks)]
+        return StartImages(images, masks or None, self.strength)

@@ -12,7 +12,8 @@ from PIL import Image
 
 from amused_lightning.encoding import encode_prompts, pixels_per_token, tokenize_prompts
 from amused_lightning.errors import SettingError
-from amused_lightning.memory import on_device, sampling_parts
+from amused_lightning.memory import encoding_parts, on_device, sampling_parts
+from amused_lightning.start_images import DecodingStart, StartImages, decoding_start
 
 
 @dataclass
@@ -35,10 +36,16 @@ def check_generation_settings(settings: GenerationSettings, setting: str) -> Non
         raise SettingError(f"{setting}.num_inference_steps={settings.num_inference_steps} must be at least 1")
 
 
-def remasked_count(step: int, num_steps: int, seq_len: int, still_masked: torch.Tensor) -> torch.Tensor:
-    """Tokens to mask again after `step`: floor(L·cos((step+1)/n·π/2)), below the masked count, at least 1."""
+def remasked_count(step: int, num_steps: int, seq_len: int, still_masked: torch.Tensor,
+                   repaint_share: torch.Tensor | None = None) -> torch.Tensor:
+    """Tokens to mask again after `step`: floor(L·cos((step+1)/n·π/2)), below the masked count, at least 1; when
+    inpainting floor(L·share·(1 - (step+1)/n)), the linear schedule AmusedInpaintPipeline sets."""
     # float32 as in AmusedScheduler, so products that land on an integer (256·cos(π/3)) floor the same way.
-    ratio = torch.cos(torch.tensor((step + 1) / num_steps, dtype=torch.float32) * math.pi / 2)
+    progress = torch.tensor((step + 1) / num_steps, dtype=torch.float32)
+    if repaint_share is None:
+        ratio = torch.cos(progress * math.pi / 2)
+    else:
+        ratio = repaint_share.cpu()[:, None] * (1 - progress)
     count = (seq_len * ratio).floor().long().to(still_masked.device)
     return torch.clamp(torch.minimum(still_masked - 1, count), min=1)
 
@@ -51,7 +58,8 @@ def gumbel(shape_of: torch.Tensor, generator: torch.Generator | None) -> torch.T
 
 
 def decode_step(logits: torch.Tensor, tokens: torch.Tensor, step: int, num_steps: int, temperature: float,
-                mask_id: int, generator: torch.Generator | None) -> torch.Tensor:
+                mask_id: int, generator: torch.Generator | None,
+                repaint_share: torch.Tensor | None = None) -> torch.Tensor:
     """Sample every masked token from (B, L, C) logits, then re-mask the least confident ones for the next step."""
     masked = tokens == mask_id
     probs = logits.softmax(dim=-1)
@@ -61,7 +69,7 @@ def decode_step(logits: torch.Tensor, tokens: torch.Tensor, step: int, num_steps
     sampled = torch.where(masked, sampled, tokens)
     if step == num_steps - 1:
         return sampled
-    count = remasked_count(step, num_steps, tokens.shape[1], masked.sum(dim=-1, keepdim=True))
+    count = remasked_count(step, num_steps, tokens.shape[1], masked.sum(dim=-1, keepdim=True), repaint_share)
     confidence = torch.gather(probs, -1, sampled[:, :, None])[:, :, 0]
     confidence = torch.where(masked, confidence, torch.finfo(confidence.dtype).max)
     noisy = torch.log(confidence.clamp(1e-20)) + temperature * gumbel(confidence, generator)
@@ -72,17 +80,19 @@ def decode_step(logits: torch.Tensor, tokens: torch.Tensor, step: int, num_steps
 @torch.no_grad()
 def generate_tokens(transformer: UVit2DModel, hidden: torch.Tensor, pooled: torch.Tensor,
                     empty_hidden: torch.Tensor, empty_pooled: torch.Tensor, grid: tuple[int, int], image_size: int,
-                    settings: GenerationSettings, mask_id: int, generator: torch.Generator | None) -> torch.Tensor:
-    """(B, h, w) image tokens for prompt embeddings (B, 77, D) / (B, P), decoded from all-masked."""
+                    settings: GenerationSettings, mask_id: int, generator: torch.Generator | None,
+                    start: DecodingStart | None = None) -> torch.Tensor:
+    """(B, h, w) image tokens for prompt embeddings (B, 77, D) / (B, P), decoded from all-masked, or from `start`."""
     batch, guided = hidden.shape[0], settings.guidance_scale > 1.0
     if guided:
         hidden = torch.cat([empty_hidden.expand_as(hidden), hidden])
         pooled = torch.cat([empty_pooled.expand_as(pooled), pooled])
     micro_conds = torch.tensor([image_size, image_size, 0, 0, settings.aesthetic_score], device=hidden.device,
                                dtype=hidden.dtype).expand(hidden.shape[0], -1)
-    tokens = torch.full((batch, *grid), mask_id, dtype=torch.long, device=hidden.device)
+    start = start or DecodingStart(torch.full((batch, *grid), mask_id, dtype=torch.long, device=hidden.device), 0)
+    tokens = start.tokens
     temperatures = torch.linspace(*settings.temperature, settings.num_inference_steps)
-    for step in range(settings.num_inference_steps):
+    for step in range(start.first_step, settings.num_inference_steps):
         logits = transformer(torch.cat([tokens] * 2) if guided else tokens, micro_conds=micro_conds,
                              pooled_text_emb=pooled, encoder_hidden_states=hidden)
         if guided:
@@ -90,7 +100,7 @@ def generate_tokens(transformer: UVit2DModel, hidden: torch.Tensor, pooled: torc
             logits = uncond + settings.guidance_scale * (cond - uncond)
         logits = logits.reshape(batch, logits.shape[1], -1).permute(0, 2, 1)
         flat = decode_step(logits, tokens.reshape(batch, -1), step, settings.num_inference_steps,
-                           temperatures[step].item(), mask_id, generator)
+                           temperatures[step].item(), mask_id, generator, start.repaint_share)
         tokens = flat.reshape(batch, *grid)
     return tokens
 
@@ -117,9 +127,10 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 @torch.no_grad()
 def generate_pixels(transformer: UVit2DModel, vqvae: VQModel, text_encoder, tokenizer, prompts: list[str],
                     settings: GenerationSettings, seed: int, resolution: int | None, mask_id: int,
-                    decode_chunk_size: int | None = None) -> torch.Tensor:
-    """(B, 3, H, W) pixels for `prompts` from a generator seeded by `seed`, at `resolution` (default: the model's own).
-    The text encoder and the VQ decoder side are on the transformer's device only while they run."""
+                    decode_chunk_size: int | None = None, start: StartImages | None = None) -> torch.Tensor:
+    """(B, 3, H, W) pixels for `prompts` from a generator seeded by `seed`, at `resolution` (default: the model's own),
+    from `start` images if given. The text encoder and the VQ parts are on the transformer's device only while they
+    run."""
     device = next(transformer.parameters()).device
     factor = pixels_per_token(vqvae.config)
     size = resolution or transformer.config.sample_size * factor
@@ -128,15 +139,21 @@ def generate_pixels(transformer: UVit2DModel, vqvae: VQModel, text_encoder, toke
         # One empty prompt per prompt, as AmusedPipeline encodes them: batch composition can move the last bits.
         empty = encode_prompts(text_encoder, tokenize_prompts(tokenizer, [""] * len(prompts)).to(device))
     generator = torch.Generator(device=device).manual_seed(seed)
+    begin = None
+    if start is not None:
+        if len(start.images) != len(prompts):
+            raise SettingError(f"{len(start.images)} start images for {len(prompts)} prompts: give one per prompt")
+        with on_device(encoding_parts(vqvae), device):
+            begin = decoding_start(vqvae, start, size, settings.num_inference_steps, mask_id, generator)
     tokens = generate_tokens(transformer, hidden, pooled, *empty, (size // factor, size // factor), size, settings,
-                             mask_id, generator)
+                             mask_id, generator, begin)
     with on_device(sampling_parts(vqvae), device):
         return decode_image_tokens(vqvae, tokens, decode_chunk_size)
 
 
 def generate_images(transformer: UVit2DModel, vqvae: VQModel, text_encoder, tokenizer, prompts: list[str],
                     settings: GenerationSettings, seed: int, resolution: int | None, mask_id: int,
-                    decode_chunk_size: int | None = None) -> list[Image.Image]:
+                    decode_chunk_size: int | None = None, start: StartImages | None = None) -> list[Image.Image]:
     """`generate_pixels` as PIL images."""
     return to_pil(generate_pixels(transformer, vqvae, text_encoder, tokenizer, prompts, settings, seed, resolution,
-                                  mask_id, decode_chunk_size))
+                                  mask_id, decode_chunk_size, start))

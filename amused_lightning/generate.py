@@ -3,6 +3,8 @@
     python -m amused_lightning generate "a pixel art character" --checkpoint runs/x/checkpoints/last.ckpt -o out/
     python -m amused_lightning generate "a cat in [V] style" --pipeline runs/x/export -o out/
     python -m amused_lightning generate "a cat" --pretrained amused/amused-256 --lora runs/x/export -o out/
+    python -m amused_lightning generate "a cat" --pipeline runs/x/export --image start.png --strength 0.5 -o out/
+    python -m amused_lightning generate "a cat" --pipeline runs/x/export --image start.png --mask mask.png -o out/
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from amused_lightning.errors import ExistingOutputError
 from amused_lightning.formats import LORA_WEIGHT_NAME, WEIGHT_CHOICES
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from amused_lightning.pipeline import TrainedPipeline
+    from amused_lightning.start_images import StartImages
 
 
 def output_names(prompts: list[str], num_images: int) -> list[str]:
@@ -42,6 +47,28 @@ def load_pipeline(args: argparse.Namespace) -> TrainedPipeline:
     return TrainedPipeline.from_pretrained(args.pipeline or args.pretrained, applied)
 
 
+def read_start_files(args: argparse.Namespace) -> tuple[Image.Image | None, Image.Image | None]:
+    """--image and --mask read, and --strength checked against --steps, before the model loads."""
+    from amused_lightning.start_images import check_strength, read_image, read_mask, strength_or_default
+
+    if args.image is None:
+        return None, None
+    image = read_image(args.image, "--image")
+    mask = read_mask(args.mask, "--mask") if args.mask is not None else None
+    check_strength(strength_or_default(args.strength, mask is not None), args.steps, "--strength")
+    return image, mask
+
+
+def start_for(image: Image.Image | None, mask: Image.Image | None, strength: float | None,
+              count: int) -> StartImages | None:
+    """The one --image (and --mask) as the start of `count` prompts; None without --image."""
+    from amused_lightning.start_images import StartImages
+
+    if image is None:
+        return None
+    return StartImages([image] * count, None if mask is None else [mask] * count, strength)
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m amused_lightning generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,11 +89,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
     parser.add_argument("--batch-size", type=int, default=4, help="images sampled together")
     parser.add_argument("--overwrite", action="store_true", help="replace PNGs that already exist")
+    parser.add_argument("--image", type=Path, help="start image (image-to-image), stretched to the resolution")
+    parser.add_argument("--mask", type=Path, help="with --image: repaint where the mask is white, keep the rest "
+                        "(inpainting)")
+    parser.add_argument("--strength", type=float, default=None, help="with --image: share of the decoding steps "
+                        "that redraw it, in (0, 1] (default 0.5, or 1 with --mask)")
     args = parser.parse_args(argv)
     if args.lora and not args.pretrained:
         parser.error("--lora goes with --pretrained")
     if args.weights and not args.checkpoint:
         parser.error("--weights goes with --checkpoint")
+    for name in ("mask", "strength"):
+        if getattr(args, name) is not None and args.image is None:
+            parser.error(f"--{name} goes with --image")
     for name in ("num_images", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
@@ -83,6 +118,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     settings = GenerationSettings(num_inference_steps=args.steps, guidance_scale=args.guidance_scale)
     check_generation_settings(settings, "--steps")
+    start_image, start_mask = read_start_files(args)
     paths = [args.output / name for name in output_names(args.prompts, args.num_images)]
     existing = [p.name for p in paths if p.exists()]
     if existing and not args.overwrite:
@@ -94,7 +130,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     starts = range(0, len(prompts), args.batch_size)
     for start in iterate(starts, len(starts), "batch", "batches"):
         batch = prompts[start:start + args.batch_size]
-        images = pipeline.generate(batch, settings, seed=args.seed + start, resolution=args.resolution)
+        images = pipeline.generate(batch, settings, seed=args.seed + start, resolution=args.resolution,
+                                   start=start_for(start_image, start_mask, args.strength, len(batch)))
         for image, path in zip(images, paths[start:start + args.batch_size]):
             image.save(path)
     for path in paths:

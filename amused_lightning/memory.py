@@ -45,3 +45,8 @@ def on_device(modules: list[nn.Module], device: torch.device) -> Iterator[None]:
 def sampling_parts(vqvae: VQModel) -> list[nn.Module]:
     """The VQ submodules that decoding image tokens runs (the encoder side can stay off the device)."""
     return [vqvae.quantize, vqvae.post_quant_conv, vqvae.decoder]
+
+
+def encoding_parts(vqvae: VQModel) -> list[nn.Module]:
+    """The VQ submodules that encoding pixels into image tokens runs (start images of img2img and inpainting)."""
+    return [vqvae.encoder, vqvae.quant_conv, vqvae.quantize]

@@ -255,7 +255,7 @@ class AmusedModule(L.LightningModule):
         `generate` to fp32 rounding (a pixel on a rounding boundary may move one level)."""
         return generate_pixels(self.transformer, self.vqvae, self.text_encoder, self.tokenizer,
                                self.validation.prompts, self.validation.generation, self.spec.seed, None,
-                               self.mask_id, self.memory.decode_chunk_size)
+                               self.mask_id, self.memory.decode_chunk_size, self.validation.start_images())
 
     def _micro_batch_generator(self, batch_idx: int) -> torch.Generator:
         slot = micro_batch_slot(batch_idx % self.trainer.accumulate_grad_batches, self.global_rank,

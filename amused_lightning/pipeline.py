@@ -15,6 +15,7 @@ from amused_lightning.components import Components, load_components
 from amused_lightning.decoding import GenerationSettings, generate_images
 from amused_lightning.ema import EMA, resolve_weights
 from amused_lightning.errors import MissingPathError, SettingError
+from amused_lightning.start_images import StartImages
 
 CHECKPOINT_MARK = "amused_lightning"
 CHECKPOINT_FORMAT = 2
@@ -132,9 +133,10 @@ class TrainedPipeline:
         return self
 
     def generate(self, prompts: list[str], settings: GenerationSettings | None = None, seed: int = 0,
-                 resolution: int | None = None) -> list[Image.Image]:
-        """Images for `prompts`, sampled as AmusedPipeline does with a generator seeded by `seed`."""
+                 resolution: int | None = None, start: StartImages | None = None) -> list[Image.Image]:
+        """Images for `prompts`, sampled as AmusedPipeline does with a generator seeded by `seed`; from `start` images
+        as AmusedImg2ImgPipeline (AmusedInpaintPipeline with masks) does."""
         parts = self.parts
         return generate_images(parts.transformer, parts.vqvae, parts.text_encoder, parts.tokenizer, prompts,
                                settings or GenerationSettings(), seed, resolution,
-                               parts.transformer.config.vocab_size - 1)
+                               parts.transformer.config.vocab_size - 1, start=start)
