@@ -32,9 +32,12 @@ def test_dataset_worlds_leave_out_their_evaluation_prompts(tmp_path):
 
     from make_toy_dataset import build
 
-    build(tmp_path, num_images=200, size=64, seed=0, world="finetune")
-    captions = set(datasets.load_dataset(str(tmp_path), split="train")["text"])
-    assert len(captions) > 100 and not captions & evaluation_captions("finetune")
+    build(tmp_path, num_images=200, size=64, seed=0, world="finetune", prior_images=100)
+    captions = datasets.load_dataset(str(tmp_path), split="train")["text"]
+    finetune, prior = [set(map(parse_caption, part)) for part in (captions[:200], captions[200:])]
+    assert len(captions) == 300 and len(finetune) > 100 and len(prior) > 50
+    assert all(held_back_attributes(c) for c in finetune) and not any(held_back_attributes(c) for c in prior)
+    assert not set(captions) & (evaluation_captions("finetune") | evaluation_captions("base"))
 
 
 def test_captions_parse_back_into_their_named_attributes():
