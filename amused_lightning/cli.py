@@ -1,4 +1,5 @@
-"""`fit` and `validate`: LightningCLI with aMUSEd's checkpointing, export, EMA and placement callbacks."""
+"""`fit` and `validate`: LightningCLI with aMUSEd's checkpointing, export, EMA, placement and image logging
+callbacks."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from amused_lightning.ema import EMA
 from amused_lightning.errors import ExistingOutputError, SettingError
 from amused_lightning.export import FinalExport
 from amused_lightning.guard import NonFiniteGuard
+from amused_lightning.image_logging import ValidationImageLogger
 from amused_lightning.module import AmusedModule
 from amused_lightning.pipeline import read_checkpoint
 from amused_lightning.placement import FrozenPlacement
@@ -81,6 +83,7 @@ class AmusedCLI(LightningCLI):
         parser.add_lightning_class_args(EMA, "ema")
         parser.add_lightning_class_args(FrozenPlacement, "placement")
         parser.add_lightning_class_args(NonFiniteGuard, "guard")
+        parser.add_lightning_class_args(ValidationImageLogger, "image_logging")
         parser.add_lightning_class_args(Preemption, "preemption")  # after "checkpoint": see Preemption
         parser.add_argument("--validation_steps", type=int, default=100,
                             help="Optimizer steps between validations (held-out loss and images); also at the end.")
@@ -119,7 +122,8 @@ class AmusedCLI(LightningCLI):
             self.run_lock = lock_run_folder(root)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The Trainer, with our progress display and summary, and for `fit` one TensorBoard run across resumes."""
+        """The Trainer, with our progress display and summary; for `fit` without a trainer.logger given, one
+        TensorBoard run across resumes (a given logger, or list of them, is used as it is)."""
         config = self._get(self.config_init, "trainer", default={})
         added, self.start_step = display_callbacks(config), StartStep()
         kwargs.setdefault("callbacks", [*given_callbacks(config), *added, self.start_step])

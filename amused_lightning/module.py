@@ -57,7 +57,7 @@ from amused_lightning.pipeline import (
     check_checkpoint_mark,
 )
 from amused_lightning.seeding import derive_seed, micro_batch_slot
-from amused_lightning.validation import held_out_mask, held_out_scores, log_validation_images, save_validation_images
+from amused_lightning.validation import ValidationImages, held_out_mask, held_out_scores, save_validation_images
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,8 @@ class AmusedModule(L.LightningModule):
         self.val_losses = nn.ModuleList(MeanMetric() for _ in self.validation.mask_ratios)
         self.val_accuracies = nn.ModuleList(MeanMetric() for _ in self.validation.mask_ratios)
         self.last_validated_step: int | None = None
+        # The images of the latest validation, for the callback that hands them to the loggers (image_logging.py).
+        self.validation_images: ValidationImages | None = None
         self._empty_prompt: tuple[torch.Tensor, torch.Tensor] | None = None
         self._configured_groups: list[dict[str, Any]] = []
         self._saved_optimizer: str | None = None  # the optimizer class of the checkpoint a fit resumes
@@ -222,13 +224,13 @@ class AmusedModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_held_out_scores()
-        prompts = self.validation.prompts
+        prompts, self.validation_images = self.validation.prompts, None
         if prompts and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             with self.trainer.precision_plugin.forward_context():
                 images = to_pil(self.validation_pixels())
             folder = Path(self.trainer.default_root_dir) / "validation"
-            save_validation_images(folder, self.global_step, prompts, images)
-            log_validation_images(self.loggers, self.global_step, prompts, images)
+            grid = save_validation_images(folder, self.global_step, prompts, images)
+            self.validation_images = ValidationImages(self.global_step, list(prompts), images, grid)
             scores = evaluate_image_metrics(self.image_metrics, prompts, images)
             for logger in self.loggers if scores else []:
                 logger.log_metrics(scores, step=self.global_step)

@@ -1,13 +1,12 @@
-"""Pieces of validation: fixed held-out masks, image grids, and where the pictures go."""
+"""Pieces of validation: fixed held-out masks, image grids, and the images a validation made."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from amused_lightning.masking import random_token_mask
@@ -55,10 +54,11 @@ def save_validation_images(folder: Path, step: int, prompts: list[str], images: 
     return path
 
 
-def log_validation_images(loggers: list, step: int, prompts: list[str], images: list[Image.Image]) -> None:
-    """Each image to TensorBoard under a tag that carries its prompt."""
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            for i, (prompt, image) in enumerate(zip(prompts, images)):
-                logger.experiment.add_image(f"val_images/{i:02d} {prompt}", np.asarray(image), step,
-                                            dataformats="HWC")
+@dataclass(frozen=True)
+class ValidationImages:
+    """What a validation drew: the optimizer step, the prompts, one image per prompt, and the grid saved on disk."""
+
+    step: int
+    prompts: list[str]
+    images: list[Image.Image]
+    grid: Path
