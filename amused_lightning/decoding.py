@@ -10,7 +10,7 @@ import torch
 from diffusers import UVit2DModel, VQModel
 from PIL import Image
 
-from amused_lightning.encoding import encode_prompts, pixels_per_token, tokenize_prompts
+from amused_lightning.encoding import encode_prompts, pixels_per_token, token_grid_multiple, tokenize_prompts
 from amused_lightning.errors import SettingError
 from amused_lightning.memory import on_device, sampling_parts
 
@@ -71,14 +71,16 @@ def decode_step(logits: torch.Tensor, tokens: torch.Tensor, step: int, num_steps
 
 @torch.no_grad()
 def generate_tokens(transformer: UVit2DModel, hidden: torch.Tensor, pooled: torch.Tensor,
-                    empty_hidden: torch.Tensor, empty_pooled: torch.Tensor, grid: tuple[int, int], image_size: int,
-                    settings: GenerationSettings, mask_id: int, generator: torch.Generator | None) -> torch.Tensor:
-    """(B, h, w) image tokens for prompt embeddings (B, 77, D) / (B, P), decoded from all-masked."""
+                    empty_hidden: torch.Tensor, empty_pooled: torch.Tensor, grid: tuple[int, int],
+                    image_size: tuple[int, int], settings: GenerationSettings, mask_id: int,
+                    generator: torch.Generator | None) -> torch.Tensor:
+    """(B, h, w) image tokens for prompt embeddings (B, 77, D) / (B, P), decoded from all-masked; `image_size` is
+    the (width, height) in pixels the micro-conditioning names, as AmusedPipeline's."""
     batch, guided = hidden.shape[0], settings.guidance_scale > 1.0
     if guided:
         hidden = torch.cat([empty_hidden.expand_as(hidden), hidden])
         pooled = torch.cat([empty_pooled.expand_as(pooled), pooled])
-    micro_conds = torch.tensor([image_size, image_size, 0, 0, settings.aesthetic_score], device=hidden.device,
+    micro_conds = torch.tensor([*image_size, 0, 0, settings.aesthetic_score], device=hidden.device,
                                dtype=hidden.dtype).expand(hidden.shape[0], -1)
     tokens = torch.full((batch, *grid), mask_id, dtype=torch.long, device=hidden.device)
     temperatures = torch.linspace(*settings.temperature, settings.num_inference_steps)
@@ -114,28 +116,36 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(image) for image in array]
 
 
+def image_size_step(transformer: UVit2DModel, vqvae: VQModel) -> int:
+    """What the sides of a generated image must be multiples of, in pixels: the VQ's pixels per token times what the
+    transformer's token grid sides must be multiples of."""
+    return pixels_per_token(vqvae.config) * token_grid_multiple(transformer.config)
+
+
 @torch.no_grad()
 def generate_pixels(transformer: UVit2DModel, vqvae: VQModel, text_encoder, tokenizer, prompts: list[str],
-                    settings: GenerationSettings, seed: int, resolution: int | None, mask_id: int,
+                    settings: GenerationSettings, seed: int, resolution: int | tuple[int, int] | None, mask_id: int,
                     decode_chunk_size: int | None = None) -> torch.Tensor:
-    """(B, 3, H, W) pixels for `prompts` from a generator seeded by `seed`, at `resolution` (default: the model's own).
-    The text encoder and the VQ decoder side are on the transformer's device only while they run."""
+    """(B, 3, H, W) pixels for `prompts` from a generator seeded by `seed`, at `resolution`: a square's side or
+    (width, height) (default: the model's own square). The text encoder and the VQ decoder side are on the
+    transformer's device only while they run."""
     device = next(transformer.parameters()).device
     factor = pixels_per_token(vqvae.config)
-    size = resolution or transformer.config.sample_size * factor
+    resolution = resolution or transformer.config.sample_size * factor
+    width, height = (resolution, resolution) if isinstance(resolution, int) else resolution
     with on_device([text_encoder], device):
         hidden, pooled = encode_prompts(text_encoder, tokenize_prompts(tokenizer, prompts).to(device))
         # One empty prompt per prompt, as AmusedPipeline encodes them: batch composition can move the last bits.
         empty = encode_prompts(text_encoder, tokenize_prompts(tokenizer, [""] * len(prompts)).to(device))
     generator = torch.Generator(device=device).manual_seed(seed)
-    tokens = generate_tokens(transformer, hidden, pooled, *empty, (size // factor, size // factor), size, settings,
-                             mask_id, generator)
+    tokens = generate_tokens(transformer, hidden, pooled, *empty, (height // factor, width // factor),
+                             (width, height), settings, mask_id, generator)
     with on_device(sampling_parts(vqvae), device):
         return decode_image_tokens(vqvae, tokens, decode_chunk_size)
 
 
 def generate_images(transformer: UVit2DModel, vqvae: VQModel, text_encoder, tokenizer, prompts: list[str],
-                    settings: GenerationSettings, seed: int, resolution: int | None, mask_id: int,
+                    settings: GenerationSettings, seed: int, resolution: int | tuple[int, int] | None, mask_id: int,
                     decode_chunk_size: int | None = None) -> list[Image.Image]:
     """`generate_pixels` as PIL images."""
     return to_pil(generate_pixels(transformer, vqvae, text_encoder, tokenizer, prompts, settings, seed, resolution,
