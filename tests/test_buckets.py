@@ -217,7 +217,7 @@ def test_check_data_reports_the_bucket_histogram(folder, tmp_path, capsys):
 
 
 def test_generate_width_and_height_equal_amused_pipeline(tmp_path, capsys):
-    # The toy model halves its token grid inside (as amused-512 does): 96x64 px is 24x16 tokens, 12x8 inside.
+    # The toy model halves its token grid inside (as amused-512 does): 96x64 px is 16x24 tokens, 8x12 inside.
     paths = generate_main(["a pixel art character", "-o", str(tmp_path), "--pretrained", "toy", "--width", "96",
                            "--height", "64", "--steps", "3", "--seed", "4"])
     toy = load_components("toy")
