@@ -83,6 +83,24 @@ def write_preview(datamodule: AmusedDataModule, count: int, path: Path) -> Path:
     return path
 
 
+def bucket_lines(datamodule: AmusedDataModule, settings, report: DataReport, train_rows: list[int]) -> list[str] | None:
+    """The training rows per aspect-ratio bucket, from the sizes the report read, as `fit` assigns them; None when
+    buckets are off."""
+    from amused_lightning.components import load_grid_configs
+    from amused_lightning.data.buckets import bucket_grids, bucket_layout
+    from amused_lightning.data.report import format_buckets
+    from amused_lightning.encoding import pixels_per_token, token_grid_multiple
+
+    if datamodule.buckets is None:
+        return None
+    vq_config, transformer_config = load_grid_configs(settings.model.pretrained, settings.model.revision)
+    factor = pixels_per_token(vq_config)
+    grids = bucket_grids(datamodule.hparams.resolution // factor, token_grid_multiple(transformer_config),
+                         datamodule.buckets.max_ratio)
+    sizes = dict(zip(datamodule.source.usable_rows(), report.sizes))
+    return format_buckets(bucket_layout(train_rows, sizes, grids, factor), datamodule.buckets.max_ratio)
+
+
 def main(argv: list[str] | None = None) -> DataReport:
     args, rest = parse(argv)
     # torch, Lightning and datasets load only once the arguments are known good: `--help` stays instant.
@@ -96,7 +114,8 @@ def main(argv: list[str] | None = None) -> DataReport:
     hp = datamodule.hparams
     split = datamodule.source.split_rows(hp.val_samples, hp.seed, hp.batch_size, 1)
     report = scan_source(datamodule.source, tokenizer, split.train_rows)
-    print(format_report(report, hp.resolution, hp.on_bad_image))
+    print(format_report(report, hp.resolution, hp.on_bad_image, bucket_lines(datamodule, settings, report,
+                                                                            split.train_rows)))
     if path is not None:
         usable = report.total - len(report.skipped)
         print(f"wrote {write_preview(datamodule, args.samples, path)} ({min(args.samples, usable)} samples with "

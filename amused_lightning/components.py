@@ -46,11 +46,11 @@ def load_components(pretrained: str, revision: str | None = None, variant: str |
     _check_local_layout(pretrained)
     kwargs = dict(revision=revision, variant=variant)
     return Components(
-        transformer=_load(UVit2DModel, pretrained, "transformer", **kwargs),
-        vqvae=_load(VQModel, pretrained, "vqvae", **kwargs),
-        text_encoder=_load(CLIPTextModelWithProjection, pretrained, "text_encoder", **kwargs),
-        tokenizer=_load(CLIPTokenizer, pretrained, "tokenizer", revision=revision),
-        scheduler=_load(AmusedScheduler, pretrained, "scheduler", revision=revision),
+        transformer=_load(UVit2DModel.from_pretrained, pretrained, "transformer", **kwargs),
+        vqvae=_load(VQModel.from_pretrained, pretrained, "vqvae", **kwargs),
+        text_encoder=_load(CLIPTextModelWithProjection.from_pretrained, pretrained, "text_encoder", **kwargs),
+        tokenizer=_load(CLIPTokenizer.from_pretrained, pretrained, "tokenizer", revision=revision),
+        scheduler=_load(AmusedScheduler.from_pretrained, pretrained, "scheduler", revision=revision),
     )
 
 
@@ -60,7 +60,17 @@ def load_tokenizer(pretrained: str, revision: str | None = None) -> CLIPTokenize
     if pretrained in PRESETS:
         return byte_level_clip_tokenizer()
     _check_local_layout(pretrained)
-    return _load(CLIPTokenizer, pretrained, "tokenizer", revision=revision)
+    return _load(CLIPTokenizer.from_pretrained, pretrained, "tokenizer", revision=revision)
+
+
+def load_grid_configs(pretrained: str, revision: str | None = None) -> tuple[dict, dict]:
+    """The VQ model's and the transformer's configs of `pretrained`, no weights: what token grids it takes."""
+    pretrained = resolve_embedded(pretrained)
+    if pretrained in PRESETS:
+        return PRESETS[pretrained]["vqvae"], PRESETS[pretrained]["transformer"]
+    _check_local_layout(pretrained)
+    return (_load(VQModel.load_config, pretrained, "vqvae", revision=revision),
+            _load(UVit2DModel.load_config, pretrained, "transformer", revision=revision))
 
 
 def components_identity(pretrained: str, revision: str | None, variant: str | None, seed: int) -> str:
@@ -121,11 +131,12 @@ def _check_local_layout(pretrained: str) -> None:
         )
 
 
-def _load(cls, pretrained: str, subfolder: str, **kwargs):
-    """`cls.from_pretrained` with an error that says what to do when the hub is out of reach."""
+def _load(load, pretrained: str, subfolder: str, **kwargs):
+    """`load` (a `from_pretrained` or `load_config`) with an error that says what to do when the hub is out of
+    reach."""
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     try:
-        return cls.from_pretrained(pretrained, subfolder=subfolder, **kwargs)
+        return load(pretrained, subfolder=subfolder, **kwargs)
     except (OSError, ConnectionError, ValueError) as error:
         if _is_local(pretrained):
             raise ComponentLoadError(

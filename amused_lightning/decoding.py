@@ -10,7 +10,7 @@ import torch
 from diffusers import UVit2DModel, VQModel
 from PIL import Image
 
-from amused_lightning.encoding import encode_prompts, pixels_per_token, tokenize_prompts
+from amused_lightning.encoding import encode_prompts, pixels_per_token, token_grid_multiple, tokenize_prompts
 from amused_lightning.errors import SettingError
 from amused_lightning.memory import encoding_parts, on_device, sampling_parts
 from amused_lightning.start_images import DecodingStart, StartImages, decoding_start
@@ -79,15 +79,16 @@ def decode_step(logits: torch.Tensor, tokens: torch.Tensor, step: int, num_steps
 
 @torch.no_grad()
 def generate_tokens(transformer: UVit2DModel, hidden: torch.Tensor, pooled: torch.Tensor,
-                    empty_hidden: torch.Tensor, empty_pooled: torch.Tensor, grid: tuple[int, int], image_size: int,
-                    settings: GenerationSettings, mask_id: int, generator: torch.Generator | None,
-                    start: DecodingStart | None = None) -> torch.Tensor:
-    """(B, h, w) image tokens for prompt embeddings (B, 77, D) / (B, P), decoded from all-masked, or from `start`."""
+                    empty_hidden: torch.Tensor, empty_pooled: torch.Tensor, grid: tuple[int, int],
+                    image_size: tuple[int, int], settings: GenerationSettings, mask_id: int,
+                    generator: torch.Generator | None, start: DecodingStart | None = None) -> torch.Tensor:
+    """(B, h, w) image tokens for prompt embeddings (B, 77, D) / (B, P), decoded from all-masked, or from `start`;
+    `image_size` is the (width, height) in pixels the micro-conditioning names, as AmusedPipeline's."""
     batch, guided = hidden.shape[0], settings.guidance_scale > 1.0
     if guided:
         hidden = torch.cat([empty_hidden.expand_as(hidden), hidden])
         pooled = torch.cat([empty_pooled.expand_as(pooled), pooled])
-    micro_conds = torch.tensor([image_size, image_size, 0, 0, settings.aesthetic_score], device=hidden.device,
+    micro_conds = torch.tensor([*image_size, 0, 0, settings.aesthetic_score], device=hidden.device,
                                dtype=hidden.dtype).expand(hidden.shape[0], -1)
     start = start or DecodingStart(torch.full((batch, *grid), mask_id, dtype=torch.long, device=hidden.device), 0)
     tokens = start.tokens
@@ -124,16 +125,23 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(image) for image in array]
 
 
+def image_size_step(transformer: UVit2DModel, vqvae: VQModel) -> int:
+    """What the sides of a generated image must be multiples of, in pixels: the VQ's pixels per token times what the
+    transformer's token grid sides must be multiples of."""
+    return pixels_per_token(vqvae.config) * token_grid_multiple(transformer.config)
+
+
 @torch.no_grad()
 def generate_pixels(transformer: UVit2DModel, vqvae: VQModel, text_encoder, tokenizer, prompts: list[str],
-                    settings: GenerationSettings, seed: int, resolution: int | None, mask_id: int,
+                    settings: GenerationSettings, seed: int, resolution: int | tuple[int, int] | None, mask_id: int,
                     decode_chunk_size: int | None = None, start: StartImages | None = None) -> torch.Tensor:
-    """(B, 3, H, W) pixels for `prompts` from a generator seeded by `seed`, at `resolution` (default: the model's own),
-    from `start` images if given. The text encoder and the VQ parts are on the transformer's device only while they
-    run."""
+    """(B, 3, H, W) pixels for `prompts` from a generator seeded by `seed`, at `resolution`: a square's side or
+    (width, height) (default: the model's own square), from `start` images if given. The text encoder and the VQ
+    parts are on the transformer's device only while they run."""
     device = next(transformer.parameters()).device
     factor = pixels_per_token(vqvae.config)
-    size = resolution or transformer.config.sample_size * factor
+    resolution = resolution or transformer.config.sample_size * factor
+    width, height = (resolution, resolution) if isinstance(resolution, int) else resolution
     with on_device([text_encoder], device):
         hidden, pooled = encode_prompts(text_encoder, tokenize_prompts(tokenizer, prompts).to(device))
         # One empty prompt per prompt, as AmusedPipeline encodes them: batch composition can move the last bits.
@@ -144,15 +152,15 @@ def generate_pixels(transformer: UVit2DModel, vqvae: VQModel, text_encoder, toke
         if len(start.images) != len(prompts):
             raise SettingError(f"{len(start.images)} start images for {len(prompts)} prompts: give one per prompt")
         with on_device(encoding_parts(vqvae), device):
-            begin = decoding_start(vqvae, start, size, settings.num_inference_steps, mask_id, generator)
-    tokens = generate_tokens(transformer, hidden, pooled, *empty, (size // factor, size // factor), size, settings,
-                             mask_id, generator, begin)
+            begin = decoding_start(vqvae, start, (width, height), settings.num_inference_steps, mask_id, generator)
+    tokens = generate_tokens(transformer, hidden, pooled, *empty, (height // factor, width // factor),
+                             (width, height), settings, mask_id, generator, begin)
     with on_device(sampling_parts(vqvae), device):
         return decode_image_tokens(vqvae, tokens, decode_chunk_size)
 
 
 def generate_images(transformer: UVit2DModel, vqvae: VQModel, text_encoder, tokenizer, prompts: list[str],
-                    settings: GenerationSettings, seed: int, resolution: int | None, mask_id: int,
+                    settings: GenerationSettings, seed: int, resolution: int | tuple[int, int] | None, mask_id: int,
                     decode_chunk_size: int | None = None, start: StartImages | None = None) -> list[Image.Image]:
     """`generate_pixels` as PIL images."""
     return to_pil(generate_pixels(transformer, vqvae, text_encoder, tokenizer, prompts, settings, seed, resolution,

@@ -22,11 +22,19 @@ class FrozenEncoders:
     """What the encoders' weights depend on (preset and seed, hub id and revision, or local files): the cache key."""
     text_encoder_trains: bool
     """Prompt embeddings change as training goes on: they must not be pre-encoded."""
+    token_grid_multiple: int = 1
+    """What the sides of a token grid must be multiples of (see `token_grid_multiple`)."""
 
 
 def pixels_per_token(vq_config) -> int:
     """How many pixels one image token spans per side: each VQ encoder level after the first halves the image."""
     return 2 ** (len(vq_config["block_out_channels"]) - 1)
+
+
+def token_grid_multiple(transformer_config) -> int:
+    """What the sides of the transformer's token grid must be multiples of: 2 when it halves the grid inside
+    (amused-512, toy), where an odd side comes back one token longer; else 1."""
+    return 2 if transformer_config["downsample"] else 1
 
 
 @torch.no_grad()

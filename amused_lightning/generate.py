@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amused_lightning.errors import ExistingOutputError
+from amused_lightning.errors import ExistingOutputError, SettingError
 from amused_lightning.formats import LORA_WEIGHT_NAME, WEIGHT_CHOICES
 
 if TYPE_CHECKING:
@@ -69,6 +69,24 @@ def start_for(image: Image.Image | None, mask: Image.Image | None, strength: flo
     return StartImages([image] * count, None if mask is None else [mask] * count, strength)
 
 
+def image_size(args: argparse.Namespace, pipeline: TrainedPipeline) -> tuple[int, int]:
+    """(width, height) from --width, --height and --resolution (default: the model's square); an error naming the
+    option whose value the model's token grid cannot take."""
+    from amused_lightning.decoding import image_size_step
+    from amused_lightning.encoding import pixels_per_token
+
+    transformer, vqvae = pipeline.parts.transformer, pipeline.parts.vqvae
+    factor, step = pixels_per_token(vqvae.config), image_size_step(transformer, vqvae)
+    for name in ("resolution", "width", "height"):
+        value = getattr(args, name)
+        if value is not None and (value < step or value % step):
+            halved = ", times 2: the transformer halves its token grid" if step > factor else ""
+            raise SettingError(f"--{name} {value} is not a positive multiple of {step} px ({factor} px per token"
+                               f"{halved}): try {max(step, value // step * step)}")
+    side = args.resolution or transformer.config.sample_size * factor
+    return args.width or side, args.height or side
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m amused_lightning generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,6 +104,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--guidance-scale", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0, help="same seed and batch size give the same images")
     parser.add_argument("--resolution", type=int, default=None, help="pixels per side (default: the model's)")
+    parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: --resolution)")
+    parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: --resolution)")
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
     parser.add_argument("--batch-size", type=int, default=4, help="images sampled together")
     parser.add_argument("--overwrite", action="store_true", help="replace PNGs that already exist")
@@ -125,12 +145,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise ExistingOutputError(f"{len(existing)} files already exist in {str(args.output)!r} ({existing[0]}, ...): "
                                   "pass --overwrite to replace them")
     pipeline = load_pipeline(args).to("cuda" if torch.cuda.is_available() else "cpu")
+    size = image_size(args, pipeline)
     prompts = [prompt for prompt in args.prompts for _ in range(args.num_images)]
     args.output.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(prompts), args.batch_size)
     for start in iterate(starts, len(starts), "batch", "batches"):
         batch = prompts[start:start + args.batch_size]
-        images = pipeline.generate(batch, settings, seed=args.seed + start, resolution=args.resolution,
+        images = pipeline.generate(batch, settings, seed=args.seed + start, resolution=size,
                                    start=start_for(start_image, start_mask, args.strength, len(batch)))
         for image, path in zip(images, paths[start:start + args.batch_size]):
             image.save(path)

@@ -33,6 +33,7 @@ from amused_lightning.encoding import (
     drop_conditioning,
     encode_image_tokens,
     encode_prompts,
+    token_grid_multiple,
     tokenize_prompts,
 )
 from amused_lightning.errors import SettingError
@@ -160,7 +161,7 @@ class AmusedModule(L.LightningModule):
         spec = self.spec
         return FrozenEncoders(self.tokenizer, self.vqvae, self.text_encoder,
                               components_identity(spec.pretrained, spec.revision, spec.variant, spec.seed),
-                              self.text_encoder_trains)
+                              self.text_encoder_trains, token_grid_multiple(self.transformer.config))
 
     def image_tokens(self, batch: Batch) -> torch.Tensor:
         """The batch's pre-encoded image tokens, else the VQ encoding of its pixels."""

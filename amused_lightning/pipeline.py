@@ -133,9 +133,11 @@ class TrainedPipeline:
         return self
 
     def generate(self, prompts: list[str], settings: GenerationSettings | None = None, seed: int = 0,
-                 resolution: int | None = None, start: StartImages | None = None) -> list[Image.Image]:
-        """Images for `prompts`, sampled as AmusedPipeline does with a generator seeded by `seed`; from `start` images
-        as AmusedImg2ImgPipeline (AmusedInpaintPipeline with masks) does."""
+                 resolution: int | tuple[int, int] | None = None, start: StartImages | None = None
+                 ) -> list[Image.Image]:
+        """Images for `prompts`, sampled as AmusedPipeline does with a generator seeded by `seed`, at `resolution`: a
+        square's side or (width, height) (default: the model's square); from `start` images as
+        AmusedImg2ImgPipeline (AmusedInpaintPipeline with masks) does."""
         parts = self.parts
         return generate_images(parts.transformer, parts.vqvae, parts.text_encoder, parts.tokenizer, prompts,
                                settings or GenerationSettings(), seed, resolution,

@@ -89,10 +89,10 @@ def first_step(num_steps: int, strength: float) -> int:
     return num_steps - int(num_steps * strength)
 
 
-def start_pixels(images: list[Image.Image], side: int) -> torch.Tensor:
-    """(B, 3, side, side) pixels in [0, 1]: each image stretched to the square with Lanczos, as VaeImageProcessor's
-    default resize does."""
-    arrays = [np.asarray(image.convert("RGB").resize((side, side), Image.Resampling.LANCZOS), dtype=np.float32) / 255
+def start_pixels(images: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:
+    """(B, 3, height, width) pixels in [0, 1] for `size` (width, height): each image stretched to it with Lanczos, as
+    VaeImageProcessor's default resize does."""
+    arrays = [np.asarray(image.convert("RGB").resize(size, Image.Resampling.LANCZOS), dtype=np.float32) / 255
               for image in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
@@ -120,12 +120,14 @@ def noised_tokens(tokens: torch.Tensor, first: int, num_steps: int, mask_id: int
 
 
 @torch.no_grad()
-def decoding_start(vqvae: VQModel, start: StartImages, size: int, num_steps: int, mask_id: int,
+def decoding_start(vqvae: VQModel, start: StartImages, size: tuple[int, int], num_steps: int, mask_id: int,
                    generator: torch.Generator) -> DecodingStart:
-    """The start images' tokens at `size` pixels, masked for img2img or by the masks for inpainting."""
+    """The start images' tokens at `size` (width, height) pixels, masked for img2img or by the masks for
+    inpainting."""
     factor = pixels_per_token(vqvae.config)
     device = next(vqvae.encoder.parameters()).device
-    tokens = encode_image_tokens(vqvae, start_pixels(start.images, size - size % factor).to(device))
+    tokens = encode_image_tokens(vqvae, start_pixels(start.images, tuple(side - side % factor for side in size))
+                                 .to(device))
     first = first_step(num_steps, start.effective_strength)
     if start.masks is None:
         return DecodingStart(noised_tokens(tokens, first, num_steps, mask_id, generator), first)

@@ -6,8 +6,8 @@
 `--world base` leaves out the held-back concept (the colour teal and the crown head), `--world finetune` draws only
 characters that name it (both leave out their world's held-out evaluation prompts), `--world all` (the default)
 draws the whole world. `--prior-images N` adds N characters of the base world (prior preservation, as DreamBooth
-does it: a finetune that also sees what the base model knew does not forget it while it learns the new concept). The folder loads offline with
-`datasets.load_dataset(folder, split="train")` (columns `image`, `text`).
+does it: a finetune that also sees what the base model knew does not forget it while it learns the new concept).
+The folder loads offline with `datasets.load_dataset(folder, split="train")` (columns `image`, `text`).
 """
 
 from __future__ import annotations

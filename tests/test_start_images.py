@@ -82,7 +82,7 @@ def test_strength_one_draws_from_the_prompt_alone(tiny_pipeline):
 def test_images_and_masks_are_resized_as_diffusers_does():
     image, mask = noise_image(90, 50), box_mask(90, 50)
     expected = VaeImageProcessor(vae_scale_factor=4, do_normalize=False).preprocess(image, 64, 64)
-    assert torch.equal(start_pixels([image], 64), expected)
+    assert torch.equal(start_pixels([image], (64, 64)), expected)
     mask_processor = VaeImageProcessor(vae_scale_factor=4, do_normalize=False, do_binarize=True,
                                        do_convert_grayscale=True)
     tokens = repaint_mask([mask], (16, 16))

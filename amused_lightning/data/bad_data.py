@@ -8,8 +8,8 @@ would still take the memory PIL warns of). Bad rows show in two places:
   the size, a PNG's chunk checksums and completeness, no full decode). The rows it finds are left out of the row list
   before the split and the sampler, so the indices, hence an exact resume, do not depend on them;
 - what only a full decode reveals (a truncated JPEG, a file deleted after the scan) shows when the row is drawn. Under
-  "skip" that draw takes the next row of the list instead: always the same one, so a resumed run draws what an
-  unbroken one would, with or without a pre-encoded cache.
+  "skip" that draw takes the next row of the list (of its aspect-ratio bucket, with buckets) instead: always the
+  same one, so a resumed run draws what an unbroken one would, with or without a pre-encoded cache.
 """
 
 from __future__ import annotations
@@ -133,11 +133,13 @@ def apply_to_scan(bad: dict[int, str], where: Callable[[int], str], total: int, 
                 if len(named) > NAMED_AT_WARNING_LEVEL else "")
 
 
-def draw(load: Callable[[int], T], index: int, count: int, on_bad_image: str, known_bad: set[int]) -> tuple[T, int]:
-    """`load(index)`; under "skip", if that raises BadImageError, the next index (wrapping) that loads. Returns the
-    result and how many indices were passed over. `known_bad` remembers failures so each is warned of once."""
+def draw(load: Callable[[int], T], index: int, within: range, on_bad_image: str, known_bad: set[int]) -> tuple[T, int]:
+    """`load(index)`; under "skip", if that raises BadImageError, the next index of `within` (wrapping round it)
+    that loads. Returns the result and how many indices were passed over. `known_bad` remembers failures so each is
+    warned of once."""
+    count = len(within)
     for offset in range(count):
-        candidate = (index + offset) % count
+        candidate = within[(index - within.start + offset) % count]
         if candidate in known_bad:
             continue
         try:

@@ -3,8 +3,10 @@
 A cache lives in <cache_dir>/<key>/, the key hashing everything its contents depend on (the data, the frozen
 encoders, the transform settings, the rows, the text dtype), so a changed setting can never read a stale cache.
 Each image keeps up to `crops` pre-encoded random crops (a single one when its crop is unique and unflipped), and each
-of its captions its embeddings (a draw picks one as the uncached path does). A row whose image turns out bad while
-encoding keeps none, and the reason (under data.on_bad_image=skip).
+of its captions its embeddings (a draw picks one as the uncached path does). Crops are those of the image's crop size:
+the square, or its aspect-ratio bucket's grid; tokens are stored flat, as long as the largest grid, with each row's
+grid beside them. A row whose image turns out bad while encoding keeps none, and the reason (under
+data.on_bad_image=skip).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import random
 import shutil
+from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +40,8 @@ from amused_lightning.progress import iterate
 from amused_lightning.seeding import derive_seed
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 2  # 2: embeddings of every caption of a row, located by caption_starts.npy
+CACHE_FORMAT = 3  # 2: embeddings of every caption of a row, located by caption_starts.npy; 3: flat tokens, grids.npy
+Size = tuple[int, int]  # (width, height) of a crop in pixels
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class CacheSpec:
     rows: str
     text_precision: str | None  # the precision prompts were encoded in; None: not cached (the text encoder trains)
     seed: int
+    bucket_grids: tuple[tuple[int, int], ...] | None = None  # aspect-ratio buckets' (height, width) grids, if on
 
     def key(self) -> str:
         """A short hash naming the cache folder."""
@@ -67,7 +72,8 @@ class TokenCache:
     def __init__(self, folder: Path):
         self.folder = folder
         self.meta = json.loads((folder / "meta.json").read_text())
-        self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")  # (N, K, h, w) int16
+        self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")  # (N, K, longest h * w) int16
+        self.grids = np.load(folder / "grids.npy")  # (N, 2): each row's (h, w)
         self.micro_conds = np.load(folder / "micro_conds.npy", mmap_mode="r")  # (N, K, 5)
         self.num_crops = np.load(folder / "num_crops.npy")  # (N,)
         self.has_text = self.meta["text_precision"] is not None
@@ -91,7 +97,9 @@ class TokenCache:
         if index in self.bad:
             raise BadImageError(self.bad[index])
         crop = random.Random(seed).randrange(int(self.num_crops[index]))
-        sample = {IMAGE_TOKENS: torch.from_numpy(self.tokens[index, crop].astype(np.int64)),
+        height, width = (int(side) for side in self.grids[index])
+        tokens = self.tokens[index, crop, :height * width].reshape(height, width)
+        sample = {IMAGE_TOKENS: torch.from_numpy(tokens.astype(np.int64)),
                   MICRO_CONDS: torch.from_numpy(np.array(self.micro_conds[index, crop]))}
         if self.has_text:
             start, end = int(self.caption_starts[index]), int(self.caption_starts[index + 1])
@@ -109,9 +117,11 @@ class CacheBuilder:
         self.root, self.encoders, self.device = root, encoders, device
         self.autocast, self.batch_size, self.on_bad_image = autocast, batch_size, on_bad_image
 
-    def get(self, spec: CacheSpec, source, rows: list[int], exact_only: bool, build: bool) -> TokenCache | None:
-        """The cache of `rows` of `source`, built first if absent and `build`. With `exact_only`, None when some image
-        has several possible crops (caching would change training); that finding is remembered beside the caches."""
+    def get(self, spec: CacheSpec, source, rows: list[int], exact_only: bool, build: bool,
+            sizes: dict[int, Size] | None = None) -> TokenCache | None:
+        """The cache of `rows` of `source`, each cropped to its size in `sizes` (default: the resolution's square),
+        built first if absent and `build`. With `exact_only`, None when some image has several possible crops
+        (caching would change training); that finding is remembered beside the caches."""
         folder, inexact = self.root / spec.key(), self.root / f"{spec.key()}.several-crops"
         if (folder / "meta.json").exists():
             log.info("reusing the pre-encoded cache %s", folder)
@@ -121,9 +131,10 @@ class CacheBuilder:
         partial = self.root / f"{spec.key()}.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
+        sizes = sizes or {row: (spec.resolution, spec.resolution) for row in rows}
         try:
             with self._encoders_on_device(spec.text_precision is not None):
-                complete = self.encode(spec, partial, source, rows, exact_only)
+                complete = self.encode(spec, partial, source, rows, sizes, exact_only)
             if not complete:
                 inexact.touch()
                 return None
@@ -146,11 +157,14 @@ class CacheBuilder:
             for part, (device, training) in zip(parts, before):
                 part.to(device).train(training)
 
-    def encode(self, spec: CacheSpec, folder: Path, source, rows: list[int], require_unique_crops: bool) -> bool:
+    def encode(self, spec: CacheSpec, folder: Path, source, rows: list[int], sizes: dict[int, Size],
+               require_unique_crops: bool) -> bool:
         """Encode every row's crops and captions into `folder`; False if a required unique crop is missing."""
-        grid = spec.resolution // pixels_per_token(self.encoders.vqvae.config)
-        tokens = np.lib.format.open_memmap(folder / "tokens.npy", "w+", np.int16, (len(rows), spec.crops, grid, grid))
+        factor = pixels_per_token(self.encoders.vqvae.config)
+        longest = max(width * height for width, height in sizes.values()) // factor ** 2
+        tokens = np.lib.format.open_memmap(folder / "tokens.npy", "w+", np.int16, (len(rows), spec.crops, longest))
         conds = np.lib.format.open_memmap(folder / "micro_conds.npy", "w+", np.float32, (len(rows), spec.crops, 5))
+        grids = np.zeros((len(rows), 2), dtype=np.int32)
         num_crops = np.zeros(len(rows), dtype=np.int16)
         starts = np.cumsum([0] + [len(source.captions(row).lines) for row in rows])
         text, bad = None, {}
@@ -160,16 +174,17 @@ class CacheBuilder:
             if not loaded:
                 continue
             indices, images = (list(column) for column in zip(*loaded))
-            crops = _crops(spec, images, [rows[index] for index in indices], require_unique_crops)
+            crops = _crops(spec, images, [rows[index] for index in indices], sizes, require_unique_crops)
             if crops is None:
                 return False
             num_crops[indices] = [len(image_crops) for image_crops in crops]
             with torch.no_grad():
-                _encode_crops(self.encoders.vqvae, crops, tokens, conds, indices, self.device)
+                _encode_crops(self.encoders.vqvae, crops, (tokens, conds, grids), indices, self.device)
                 if spec.text_precision is not None:
                     text = self._encode_captions(source, [rows[index] for index in indices],
                                                  [starts[index] for index in indices], text, folder, int(starts[-1]))
         np.save(folder / "num_crops.npy", num_crops)
+        np.save(folder / "grids.npy", grids)
         np.save(folder / "caption_starts.npy", starts)
         for array in (tokens, conds, *(text or ())):
             array.flush()
@@ -210,32 +225,37 @@ class CacheBuilder:
             return encode_prompts(self.encoders.text_encoder, input_ids)
 
 
-def _crops(spec: CacheSpec, images, rows: list[int], require_unique_crops: bool) -> list[list[dict]] | None:
+def _crops(spec: CacheSpec, images, rows: list[int], sizes: dict[int, Size],
+           require_unique_crops: bool) -> list[list[dict]] | None:
     """Each image's preprocessed crops (one when its crop is fixed); None if a required unique crop is missing."""
     crops = []
     for image, row in zip(images, rows):
-        fixed = (spec.center_crop or has_unique_crop(image, spec.resolution)) and not spec.random_flip
+        fixed = (spec.center_crop or has_unique_crop(image, sizes[row])) and not spec.random_flip
         if require_unique_crops and not fixed:
             log.info("pre-encoding off: row %d has several possible crops (data.cache: on caches "
                      "data.cache_crops of them per image)", row)
             return None
         seeds = [derive_seed(spec.seed, row, crop) for crop in range(1 if fixed else spec.crops)]
-        crops.append([preprocess_image(image, spec.resolution, random.Random(seed), spec.center_crop,
+        crops.append([preprocess_image(image, sizes[row], random.Random(seed), spec.center_crop,
                                        spec.random_flip, spec.aesthetic_score) for seed in seeds])
     return crops
 
 
-def _encode_crops(vqvae, crops: list[list[dict]], tokens, conds, indices: list[int], device) -> None:
-    """VQ-encode all crops of a batch of images in one call and store them at the images' `indices`."""
-    flat = [sample for image_crops in crops for sample in image_crops]
-    pixels = torch.stack([sample[PIXEL_VALUES] for sample in flat]).to(device)
-    encoded = encode_image_tokens(vqvae, pixels).cpu().numpy()
-    index = 0
+def _encode_crops(vqvae, crops: list[list[dict]], arrays: tuple, indices: list[int], device) -> None:
+    """VQ-encode all crops of a batch of images, one call per crop shape, and store tokens, micro_conds and grid at
+    the images' `indices` of the (tokens, conds, grids) `arrays`."""
+    tokens, conds, grids = arrays
+    by_shape: dict[tuple, list] = defaultdict(list)
     for image_index, image_crops in zip(indices, crops):
         for crop, sample in enumerate(image_crops):
-            tokens[image_index, crop] = encoded[index]
+            by_shape[tuple(sample[PIXEL_VALUES].shape)].append((image_index, crop, sample))
+    for entries in by_shape.values():
+        pixels = torch.stack([sample[PIXEL_VALUES] for _, _, sample in entries]).to(device)
+        encoded = encode_image_tokens(vqvae, pixels).cpu().numpy()
+        for (image_index, crop, sample), codes in zip(entries, encoded):
+            tokens[image_index, crop, :codes.size] = codes.reshape(-1)
             conds[image_index, crop] = sample[MICRO_CONDS].numpy()
-            index += 1
+            grids[image_index] = codes.shape
 
 
 def _text_arrays(folder: Path, count: int, hidden: torch.Tensor, pooled: torch.Tensor) -> tuple:

@@ -13,8 +13,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from amused_lightning.args import as_settings
 from amused_lightning.batch import POSITION, Batch
 from amused_lightning.data.bad_data import ON_BAD_IMAGE, BadImageError, apply_to_scan
+from amused_lightning.data.bucket_sampler import BucketSampler
+from amused_lightning.data.buckets import AspectBuckets, Grid, RowLayout, bucket_grids, square_layout, training_layout
 from amused_lightning.data.cache import CacheBuilder, CacheSpec, TokenCache
 from amused_lightning.data.datasets import REPLACED, CachedDataset, PixelDataset
 from amused_lightning.data.sampler import ResumableSampler
@@ -44,6 +47,7 @@ class AmusedDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         seed: int = 0,
         on_bad_image: str = "skip",
+        aspect_buckets: AspectBuckets | None = None,
     ):
         """
         Args:
@@ -72,6 +76,9 @@ class AmusedDataModule(L.LightningDataModule):
                 counted in `train/skipped_samples`, and training goes on without it. "error": the run stops,
                 naming the row, before training for what the scan of prompts and image headers finds, else when
                 the row is drawn.
+            aspect_buckets: Crop each training image to the token-grid shape nearest its aspect ratio, among shapes of
+                about the square's token count, instead of a square; every batch from one shape. Unset: squares.
+                Held-out samples stay centre-cropped squares.
         """
         super().__init__()
         self.save_hyperparameters(ignore="source")
@@ -86,8 +93,10 @@ class AmusedDataModule(L.LightningDataModule):
         if on_bad_image not in ON_BAD_IMAGE:
             raise DataSourceError(f"data.on_bad_image={on_bad_image!r} is not one of {list(ON_BAD_IMAGE)}")
         self.source = source
+        self.buckets = as_settings(AspectBuckets, aspect_buckets)
         self.encoders: FrozenEncoders | None = None
         self._split = None
+        self._layout: RowLayout | None = None  # the training rows in their buckets
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self._sampler: ResumableSampler | None = None
@@ -100,10 +109,11 @@ class AmusedDataModule(L.LightningDataModule):
     def connect(self, encoders: FrozenEncoders) -> None:
         """Receive the model's tokenizer and frozen encoders: the cache is encoded with them and keyed by their
         identity; prompts are tokenized with the tokenizer."""
-        factor = pixels_per_token(encoders.vqvae.config)
-        if self.hparams.resolution % factor:
+        factor, multiple = pixels_per_token(encoders.vqvae.config), encoders.token_grid_multiple
+        if self.hparams.resolution % (factor * multiple):
+            halved = f" times {multiple}, the transformer's downsampling" if multiple > 1 else ""
             raise DataSourceError(f"data.resolution={self.hparams.resolution} is not a multiple of the VQ "
-                                  f"downscale factor {factor} of the model ({encoders.identity})")
+                                  f"downscale factor {factor}{halved} of the model ({encoders.identity})")
         self.encoders = encoders
 
     def _check_connected(self) -> None:
@@ -123,18 +133,17 @@ class AmusedDataModule(L.LightningDataModule):
         self._check_connected()
         train_cache, val_cache = self._caches(build=self.trainer is None or self.trainer.local_rank == 0)
         hp, split = self.hparams, self._split
-        self.train_dataset = self._dataset(self.source, split.train_rows, train_cache, hp.center_crop,
-                                           hp.random_flip)
-        # Held-out samples are scored deterministically: centre crop, no flip.
-        self.val_dataset = self._dataset(split.held_out, split.held_out_rows, val_cache, True, False)
+        self.train_dataset = self._dataset(self.source, self._layout, train_cache, hp.center_crop, hp.random_flip)
+        # Held-out samples are scored deterministically: centre-cropped squares, no flip, with or without buckets.
+        self.val_dataset = self._dataset(split.held_out, square_layout(split.held_out_rows, hp.resolution), val_cache,
+                                         True, False)
 
-    def _dataset(self, source: DataSource, rows: list[int], cache: TokenCache | None, center_crop: bool,
+    def _dataset(self, source: DataSource, layout: RowLayout, cache: TokenCache | None, center_crop: bool,
                  random_flip: bool) -> Dataset:
         tokenizer, hp = self.encoders.tokenizer, self.hparams
         if cache is not None:
-            return CachedDataset(cache, source, rows, sorted(set(rows)), tokenizer, hp.on_bad_image)
-        return PixelDataset(source, rows, tokenizer, hp.resolution, center_crop, random_flip, hp.aesthetic_score,
-                            hp.on_bad_image)
+            return CachedDataset(cache, source, layout, sorted(set(layout.rows)), tokenizer, hp.on_bad_image)
+        return PixelDataset(source, layout, tokenizer, center_crop, random_flip, hp.aesthetic_score, hp.on_bad_image)
 
     def _checked_split(self) -> Split:
         """The split of the rows the scan finds usable, the others reported as data.on_bad_image says."""
@@ -155,13 +164,16 @@ class AmusedDataModule(L.LightningDataModule):
         hp = self.hparams
         if self._split is None:
             self._split = self._checked_split()
+            self._layout = training_layout(self.source, self._split.train_rows, hp.resolution,
+                                           pixels_per_token(self.encoders.vqvae.config), self._bucket_grids())
         if hp.cache == "off":
             return None, None
         builder = self._cache_builder()
         split = self._split
         train = builder.get(self.cache_spec(self.source, split.train_rows, hp.center_crop, hp.random_flip,
-                                            hp.cache_crops), self.source, sorted(set(split.train_rows)),
-                            exact_only=hp.cache == "auto", build=build)
+                                            hp.cache_crops, self._bucket_grids()), self.source,
+                            sorted(set(split.train_rows)), exact_only=hp.cache == "auto", build=build,
+                            sizes=self._layout.size_of())
         if train is None:
             return None, None
         val = builder.get(self.cache_spec(split.held_out, split.held_out_rows, True, False, 1), split.held_out,
@@ -172,13 +184,23 @@ class AmusedDataModule(L.LightningDataModule):
         return train, val
 
     def cache_spec(self, source: DataSource, rows: list[int], center_crop: bool, random_flip: bool,
-                   crops: int) -> CacheSpec:
-        """What the cache of `rows` of `source` depends on, hence its key."""
+                   crops: int, grids: tuple[Grid, ...] | None = None) -> CacheSpec:
+        """What the cache of `rows` of `source`, cropped to the buckets of `grids` (None: squares), depends on, hence
+        its key."""
         hp, encoders = self.hparams, self.encoders
         return CacheSpec(data=source.identity, components=encoders.identity, resolution=hp.resolution,
                          center_crop=center_crop, random_flip=random_flip, aesthetic_score=hp.aesthetic_score,
                          crops=crops, rows=hashlib.sha256(str(sorted(set(rows))).encode()).hexdigest(),
-                         text_precision=None if encoders.text_encoder_trains else self._precision(), seed=hp.seed)
+                         text_precision=None if encoders.text_encoder_trains else self._precision(), seed=hp.seed,
+                         bucket_grids=grids)
+
+    def _bucket_grids(self) -> tuple[Grid, ...] | None:
+        """The aspect-ratio buckets' token grids, or None without buckets."""
+        if self.buckets is None:
+            return None
+        factor = pixels_per_token(self.encoders.vqvae.config)
+        return tuple(bucket_grids(self.hparams.resolution // factor, self.encoders.token_grid_multiple,
+                                  self.buckets.max_ratio))
 
     def _cache_builder(self) -> CacheBuilder:
         root = self.hparams.cache_dir or os.environ.get("AMUSED_LIGHTNING_CACHE", "~/.cache/amused_lightning")
@@ -197,8 +219,9 @@ class AmusedDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        self._sampler = ResumableSampler(self.train_dataset, self._world_size(), rank, seed=self.hparams.seed,
-                                         batch_size=self.hparams.batch_size)
+        sampler_class = ResumableSampler if self.buckets is None else BucketSampler
+        self._sampler = sampler_class(self.train_dataset, self._world_size(), rank, seed=self.hparams.seed,
+                                      batch_size=self.hparams.batch_size)
         if self._resume is not None:
             self._sampler.resume_at(*self._resume)
         return DataLoader(self.train_dataset, batch_size=self.hparams.batch_size, sampler=self._sampler,

@@ -3,16 +3,14 @@ CLIP tokens, image sizes and aspect ratios. Images are read only up to their hea
 
 from __future__ import annotations
 
-import io
 import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
-from PIL import Image
-
-from amused_lightning.data.bad_data import ImageData
+from amused_lightning.data.buckets import RowLayout
 from amused_lightning.data.sources import DataSource
+from amused_lightning.data.transforms import upright_size
 from amused_lightning.presets import CLIP_MAX_LENGTH
 from amused_lightning.progress import iterate
 
@@ -20,7 +18,6 @@ from amused_lightning.progress import iterate
 COMMON_RATIOS = ((1, 1), (5, 4), (4, 3), (3, 2), (16, 9), (2, 1), (3, 1))
 NAMED_SKIPPED = 20  # skipped rows the report names one by one
 BAR_WIDTH = 30  # characters of the longest histogram bar
-ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 TOKENIZE_CHUNK = 1024  # captions tokenized per call
 
 
@@ -36,14 +33,6 @@ class DataReport:
     multi_caption_rows: int = 0
     token_counts: list[int] = field(default_factory=list)  # per caption, start and end tokens included
     sizes: list[tuple[int, int]] = field(default_factory=list)  # upright (width, height) of usable images
-
-
-def upright_size(data: ImageData) -> tuple[int, int]:
-    """(width, height) of an image as training sees it (EXIF rotation applied), from its header only."""
-    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
-        width, height = image.size
-        rotated = image.getexif().get(0x0112) in ROTATED_ORIENTATIONS
-    return (height, width) if rotated else (width, height)
 
 
 def token_counts(tokenizer, captions: list[str]) -> list[int]:
@@ -123,7 +112,7 @@ def format_captions(report: DataReport) -> list[str]:
     return lines
 
 
-def format_sizes(report: DataReport, resolution: int) -> list[str]:
+def format_sizes(report: DataReport, resolution: int, bucketed: bool = False) -> list[str]:
     """Image sizes against the training resolution, and aspect ratios, as small histograms."""
     if not report.sizes:
         return []
@@ -131,11 +120,23 @@ def format_sizes(report: DataReport, resolution: int) -> list[str]:
     lines = [f"image sizes: width {min(widths)}-{max(widths)} px, height {min(heights)}-{max(heights)} px; "
              f"shorter side against data.resolution {resolution}:"]
     lines += histogram(Counter(size_band(w, h, resolution) for w, h in report.sizes), len(report.sizes))
-    lines.append("aspect ratios (nearest common one; training crops a square):")
+    cropped = "its aspect-ratio bucket, below" if bucketed else "a square"
+    lines.append(f"aspect ratios (nearest common one; training crops {cropped}):")
     return lines + histogram(Counter(aspect_name(w, h) for w, h in report.sizes), len(report.sizes))
 
 
-def format_report(report: DataReport, resolution: int, on_bad_image: str) -> str:
-    """The whole report, as printed."""
+def format_buckets(layout: RowLayout, max_ratio: float) -> list[str]:
+    """The training rows per aspect-ratio bucket, as a small histogram."""
+    counts = Counter()
+    for group in layout.groups:
+        width, height = layout.sizes[group.start]
+        counts[f"{width}x{height} px"] = len(group)
+    return [f"aspect-ratio buckets (data.aspect_buckets.max_ratio {max_ratio:g}; held-out rows are scored as "
+            f"squares): training rows per crop size ({len(counts)} shapes in use):",
+            *histogram(counts, len(layout.rows))]
+
+
+def format_report(report: DataReport, resolution: int, on_bad_image: str, bucket_lines: list[str] | None = None) -> str:
+    """The whole report, as printed; `bucket_lines` (`format_buckets`) when aspect-ratio buckets are on."""
     return "\n".join([*format_rows(report, on_bad_image), *format_captions(report),
-                      *format_sizes(report, resolution)])
+                      *format_sizes(report, resolution, bucket_lines is not None), *(bucket_lines or [])])

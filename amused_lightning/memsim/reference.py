@@ -154,7 +154,7 @@ def reference_validation(parts: tuple, row: SimRow, tracker: MemoryTracker, infe
         grid = (row.resolution // pixels_per_token(vq.config),) * 2
         settings = GenerationSettings(num_inference_steps=inference_steps)
         tokens = generate_tokens(AcceleratedForward(model, row.precision), hidden, pooled, *empty, grid,
-                                 row.resolution, settings, model.config.vocab_size - 1,
+                                 (row.resolution, row.resolution), settings, model.config.vocab_size - 1,
                                  torch.Generator(device=DEVICE).manual_seed(0))
         decode_image_tokens(vq, tokens)
 
