@@ -4,7 +4,8 @@
 
 VQ cell accuracy on held-out images of the whole world; attribute accuracy of the base model on held-out base-world
 prompts and on held-out prompts of the held-back concept; the quickstart (wall time of its fit command, installs and
-dataset excluded) and a full finetune with the same data, and the same accuracies after each.
+dataset excluded) and a full finetune with the same data, and the same accuracies after each. Every accuracy is
+measured at the pipeline's guidance 10 and at the quickstart's validation guidance (3).
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ from amused_lightning.validation import image_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART_DATA = ["scripts/make_toy_dataset.py", "data/toy-teal-crown", "--world", "finetune", "--num-images",
-                   "72", "--size", "64"]
+                   "72", "--prior-images", "72", "--size", "64"]
 QUICKSTART_FIT = ["-m", "amused_lightning", "fit", "--config", "configs/quickstart.yaml",
                   "--trainer.enable_progress_bar", "false"]
 FULL_FINETUNE = ["--model.lora", "null", "--export.merge_lora", "false", "--model.optimizer.init_args.lr", "3e-4",
                  "--trainer.default_root_dir", "runs/quickstart-full"]
 SECTION = "## Toy world (issue 9)"
+QUICKSTART_CONFIG = yaml.safe_load((ROOT / "configs/quickstart.yaml").read_text())
+# The pipeline's default guidance, then the quickstart's validation guidance.
+GUIDANCES = (GenerationSettings().guidance_scale,
+             QUICKSTART_CONFIG["model"]["validation"]["generation"]["guidance_scale"])
 
 
 def vq_cell_accuracy(parts: Components, count: int = 64) -> float:
@@ -48,18 +53,19 @@ def vq_cell_accuracy(parts: Components, count: int = 64) -> float:
     return sum(palette_cell_agreement(a, b) for a, b in zip(images, reconstructions)) / len(images)
 
 
-def draw(parts: Components, prompts: list[str], seed: int = 0) -> list:
-    """Images of `prompts` with the pipeline's default sampling settings."""
+def draw(parts: Components, prompts: list[str], guidance: float, seed: int = 0) -> list:
+    """Images of `prompts` with the pipeline's default sampling settings but `guidance`."""
     return generate_images(parts.transformer, parts.vqvae, parts.text_encoder, parts.tokenizer, prompts,
-                           GenerationSettings(), seed, None, parts.transformer.config.vocab_size - 1)
+                           GenerationSettings(guidance_scale=guidance), seed, None,
+                           parts.transformer.config.vocab_size - 1)
 
 
-def world_scores(parts: Components) -> dict[str, dict[str, float]]:
+def world_scores(parts: Components, guidance: float) -> dict[str, dict[str, float]]:
     """ToyWorldScore on the held-out prompts of the base world and of the held-back concept."""
     scores = {}
     for world in ("base", "finetune"):
         prompts = [c.caption() for c in evaluation_characters(world)]
-        scores[world] = ToyWorldScore()(prompts, draw(parts, prompts))
+        scores[world] = ToyWorldScore()(prompts, draw(parts, prompts, guidance))
     return scores
 
 
@@ -71,17 +77,23 @@ def timed_fit(extra: list[str]) -> float:
 
 
 def before_after_grid(before: Components, after: Components, path: Path) -> None:
-    """The quickstart's validation prompts drawn before (top row) and after (bottom row) finetuning."""
-    prompts = yaml.safe_load((ROOT / "configs/quickstart.yaml").read_text())["model"]["validation"]["prompts"]
-    images = draw(before, prompts) + draw(after, prompts)
+    """The quickstart's validation prompts drawn at its validation guidance before (top row) and after (bottom row)
+    finetuning."""
+    prompts, guidance = QUICKSTART_CONFIG["model"]["validation"]["prompts"], GUIDANCES[1]
+    images = draw(before, prompts, guidance) + draw(after, prompts, guidance)
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, columns=len(prompts)).save(path, optimize=True)
 
 
-def row(name: str, scores: dict[str, dict[str, float]]) -> str:
-    """One table row: base-world accuracy and held-back accuracy."""
-    return (f"| {name} | {scores['base']['toy_accuracy']:.1%} | {scores['finetune']['toy_held_back']:.1%} | "
-            f"{scores['finetune']['toy_accuracy']:.1%} |")
+def scores_at_each_guidance(parts: Components) -> dict[float, dict[str, dict[str, float]]]:
+    """`world_scores` at the pipeline's guidance and at the quickstart's."""
+    return {guidance: world_scores(parts, guidance) for guidance in GUIDANCES}
+
+
+def rows(name: str, scores: dict[float, dict[str, dict[str, float]]]) -> list[str]:
+    """Table rows, one per guidance: base-world accuracy and held-back accuracy."""
+    return [f"| {name} | {guidance:g} | {s['base']['toy_accuracy']:.1%} | {s['finetune']['toy_held_back']:.1%} | "
+            f"{s['finetune']['toy_accuracy']:.1%} |" for guidance, s in scores.items()]
 
 
 def publish(lines: list[str]) -> None:
@@ -101,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]
     base = load_components("toy")
-    results = {"base": world_scores(base)}
+    results = {"base": scores_at_each_guidance(base)}
     vq = vq_cell_accuracy(base)
     subprocess.run([sys.executable, *QUICKSTART_DATA], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     runs = [("quickstart (LoRA)", [], "runs/quickstart")]
@@ -112,7 +124,7 @@ def main() -> None:
         shutil.rmtree(ROOT / folder, ignore_errors=True)
         seconds[name] = timed_fit(extra)
         after = load_components(str(ROOT / folder / "export"))
-        results[name] = world_scores(after)
+        results[name] = scores_at_each_guidance(after)
         if not extra:
             before_after_grid(base, after, args.grid)
     lines = [f"`python scripts/toy_benchmark.py` on {datetime.date.today()}, torch {torch.__version__}, "
@@ -120,13 +132,15 @@ def main() -> None:
              f"{load_at_start:.1f} at the start), "
              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}. Accuracies: share of the attributes "
              "each prompt names that the image shows (`ToyWorldScore`), 32 held-out prompts per world, seed 0, "
-             "12 steps, guidance 10.", "",
+             f"12 steps, guidance {GUIDANCES[0]:g} (the pipeline's) and {GUIDANCES[1]:g} (the quickstart's "
+             "validation).", "",
              f"- VQ: {vq:.2%} of cells of 64 held-out images reconstructed to the right palette colour.",
              *[f"- `{name}` fit command: {value:.0f} s wall time (start-up, training, validation, export)."
                for name, value in seconds.items()], "",
-             "| model | base world, all attributes | held-back concept (teal, crown) | held-back prompts, "
-             "all attributes |", "|---|---|---|---|",
-             row("`toy` base", results.pop("base")), *[row(f"after {name}", s) for name, s in results.items()]]
+             "| model | guidance | base world, all attributes | held-back concept (teal, crown) | held-back "
+             "prompts, all attributes |", "|---|---|---|---|---|",
+             *rows("`toy` base", results.pop("base")),
+             *[line for name, s in results.items() for line in rows(f"after {name}", s)]]
     publish(lines)
     print("\n".join(lines))
 

@@ -10,18 +10,17 @@ from helpers import scalars
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="not met yet: the quickstart forgets part of the base world (BENCHMARKS.md, issue 9)",
-                   strict=False)
 def test_a_short_quickstart_lowers_the_loss_and_raises_the_held_back_score(tmp_path, monkeypatch):
     from make_toy_dataset import build
 
     monkeypatch.chdir(tmp_path)
-    build(tmp_path / "data" / "toy-teal-crown", num_images=72, size=64, seed=0, world="finetune")
+    build(tmp_path / "data" / "toy-teal-crown", num_images=72, size=64, seed=0, world="finetune", prior_images=72)
     config = __file__.rsplit("/tests/", 1)[0] + "/configs/quickstart.yaml"
-    prompts = yaml.safe_load(open(config))["model"]["validation"]["prompts"][:4]
+    validation = yaml.safe_load(open(config))["model"]["validation"]
+    prompts, generation = validation["prompts"][:4], GenerationSettings(**validation["generation"])
     toy = load_components("toy")
-    images = generate_images(toy.transformer, toy.vqvae, toy.text_encoder, toy.tokenizer, prompts,
-                             GenerationSettings(), 0, None, toy.transformer.config.vocab_size - 1)
+    images = generate_images(toy.transformer, toy.vqvae, toy.text_encoder, toy.tokenizer, prompts, generation, 0,
+                             None, toy.transformer.config.vocab_size - 1)
     before = ToyWorldScore()(prompts, images)["toy_held_back"]
     cli_main(["fit", "--config", config, "--trainer.enable_progress_bar", "false", "--trainer.max_steps", "40",
               "--validation_steps", "40", "--export.enabled", "false"])
