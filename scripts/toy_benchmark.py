@@ -36,7 +36,7 @@ QUICKSTART_DATA = ["scripts/make_toy_dataset.py", "data/toy-teal-crown", "--worl
                    "72", "--prior-images", "72", "--size", "64"]
 QUICKSTART_FIT = ["-m", "amused_lightning", "fit", "--config", "configs/quickstart.yaml",
                   "--trainer.enable_progress_bar", "false"]
-FULL_FINETUNE = ["--model.lora", "null", "--export.merge_lora", "false", "--model.optimizer.init_args.lr", "3e-4",
+FULL_FINETUNE = ["--model.lora", "null", "--export.merge_lora", "false", "--model.optimizer.init_args.lr", "1e-3",
                  "--trainer.default_root_dir", "runs/quickstart-full"]
 SECTION = "## Toy world (issue 9)"
 QUICKSTART_CONFIG = yaml.safe_load((ROOT / "configs/quickstart.yaml").read_text())
