@@ -28,6 +28,10 @@ class LoraSettings:
     """Dropout on the adapter's input."""
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v"])
     """Names (last component) of the linear layers that get an adapter."""
+    use_dora: bool = False
+    """DoRA: also train a magnitude per output feature of each adapted layer (peft's use_dora)."""
+    use_rslora: bool = False
+    """rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r (peft's use_rslora)."""
 
 
 @dataclass
@@ -41,7 +45,8 @@ class TextEncoderLoraSettings(LoraSettings):
 def lora_config(settings: LoraSettings) -> LoraConfig:
     """The peft config of `settings`."""
     return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=list(settings.target_modules), init_lora_weights=True)
+                      target_modules=list(settings.target_modules), init_lora_weights=True,
+                      use_dora=settings.use_dora, use_rslora=settings.use_rslora)
 
 
 def check_lora_settings(settings: LoraSettings, model: nn.Module, setting: str) -> None:

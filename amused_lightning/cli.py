@@ -165,6 +165,9 @@ class AmusedCLI(LightningCLI):
         resumed_finished = self.config[self.subcommand].get("ckpt_path") is not None and trained_none
         if limit and self.model.last_validated_step != step and not resumed_finished:
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, FinalExport):
+                callback.export_at_end(self.trainer, self.model)
 
     def before_validate(self) -> None:
         self.datamodule.connect(self.model.frozen_encoders())

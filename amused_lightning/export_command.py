@@ -1,6 +1,8 @@
-"""`export`: turn a run checkpoint into diffusers files, a LoRA safetensors file and/or an AmusedPipeline folder.
+"""`export`: turn a run checkpoint into diffusers files, a LoRA safetensors file and/or an AmusedPipeline folder, with
+a model card (README.md); optionally pushed to the Hugging Face Hub in one commit.
 
     python -m amused_lightning export runs/x/checkpoints/last.ckpt out/ [--weights ema|trained] [--merge-lora]
+    python -m amused_lightning export runs/x/checkpoints/last.ckpt out/ --push-to-hub me/my-amused [--public]
 """
 
 from __future__ import annotations
@@ -21,19 +23,37 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--merge-lora", action="store_true",
                         help="fold LoRA adapters into the pipeline weights (then no separate LoRA file is written)")
     parser.add_argument("--overwrite", action="store_true", help="replace an export already in the folder")
+    hub = parser.add_argument_group("Hugging Face Hub")
+    hub.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
+                     help="upload the export to this model repo (owner/name) in one commit, after writing it")
+    visibility = hub.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="private", action="store_true", default=True,
+                            help="create the repo private (the default; an existing repo keeps its visibility)")
+    visibility.add_argument("--public", dest="private", action="store_false", help="create the repo public")
+    hub.add_argument("--hub-token", default=None,
+                     help="token with write access (default: HF_TOKEN, then the login cached by `hf auth login`)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse(argv)
     # torch, diffusers and Lightning load only once the arguments are known good: `--help` stays instant.
-    from amused_lightning.export import check_merge_lora, export_pipeline
+    from amused_lightning.export import check_merge_lora, export_pipeline, push_written_export, run_folder_of
+    from amused_lightning.hub import check_push
+    from amused_lightning.model_card import card_facts
     from amused_lightning.pipeline import ModelSpec, TrainedPipeline, read_checkpoint
 
     checkpoint = read_checkpoint(args.checkpoint)
     check_merge_lora(ModelSpec.from_hparams(checkpoint["hyper_parameters"]), args.merge_lora, "--merge-lora")
+    # Before anything is written: a push that cannot work is said now, not after a long export.
+    token = check_push(args.push_to_hub, args.hub_token, "--push-to-hub") if args.push_to_hub else None
     pipeline = TrainedPipeline.from_checkpoint(checkpoint, args.weights)
-    written = export_pipeline(pipeline, args.output, args.merge_lora, args.overwrite)
+    card = card_facts(checkpoint, pipeline.weights, args.merge_lora, args.push_to_hub or str(args.output))
+    written = export_pipeline(pipeline, args.output, args.merge_lora, args.overwrite, card,
+                              run_folder_of(Path(args.checkpoint)))
     for path in written:
         print(f"wrote {path}")
+    if args.push_to_hub:
+        url = push_written_export(args.output, args.push_to_hub, args.private, token)
+        print(f"pushed {args.output} to {url} ({'private' if args.private else 'public'} when created)")
     return written

@@ -42,6 +42,7 @@ from amused_lightning.image_metrics import ImageMetric, evaluate_image_metrics
 from amused_lightning.loss import masked_token_loss, masked_token_scores
 from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
 from amused_lightning.memory import on_device
+from amused_lightning.model_card import run_record
 from amused_lightning.optim import (
     check_same_optimizer,
     class_path,
@@ -317,7 +318,8 @@ class AmusedModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keys = self.trained_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
-        checkpoint[CHECKPOINT_MARK] = {"format": CHECKPOINT_FORMAT, "optimizer": class_path(self.optimizers(False))}
+        checkpoint[CHECKPOINT_MARK] = {"format": CHECKPOINT_FORMAT, "optimizer": class_path(self.optimizers(False)),
+                                       "run": run_record(self.trainer)}  # for the model card of an export
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_mark(checkpoint, "the checkpoint")

@@ -70,11 +70,12 @@ def resolve_last(ckpt_path: str | None, checkpoints: Path, root: Path) -> str | 
 
 
 def lora_settings(name: str, lora: LoraSettings | None) -> dict[str, Any]:
-    """A LoRA group's rank, alpha and targets (its dropout only regularises training), or `name: off`."""
+    """A LoRA group's rank, alpha, targets and variant (its dropout only regularises training), or `name: off`."""
     if lora is None:
         return {name: "off"}
     return {name: "on", f"{name}.r": lora.r, f"{name}.alpha": float(lora.alpha),
-            f"{name}.target_modules": sorted(lora.target_modules)}
+            f"{name}.target_modules": sorted(lora.target_modules), f"{name}.use_dora": lora.use_dora,
+            f"{name}.use_rslora": lora.use_rslora}
 
 
 def weight_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,23 +2,29 @@ import sys
 
 import pytest
 import torch
+import yaml
 from diffusers import AmusedPipeline, UVit2DModel
+from huggingface_hub import ModelCard
 
 from amused_lightning.__main__ import main
 from amused_lightning.components import load_components
 from amused_lightning.ema import find_ema
 from amused_lightning.export_command import main as export_main
 from amused_lightning.formats import LORA_WEIGHT_NAME
+from amused_lightning.model_card import CARD_NAME, SAMPLES_NAME
 
 from helpers import fit
 
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, toy_dataset):
-    """A short LoRA (r 4, alpha 8) + EMA run on the tiny preset, with its final export."""
+    """A short LoRA (r 4, alpha 8) + EMA run on the tiny preset, validated at step 2 and at its end (step 3), with
+    its final export."""
     root = tmp_path_factory.mktemp("lora-run")
     cli = fit(root, toy_dataset, "--trainer.max_steps", "3", "--model.lora.r", "4", "--model.lora.alpha", "8",
-              "--model.optimizer.init_args.lr", "0.05", "--ema.enabled", "true", "--ema.decay", "0.5")
+              "--model.optimizer.init_args.lr", "0.05", "--ema.enabled", "true", "--ema.decay", "0.5",
+              "--validation_steps", "2", "--model.validation.prompts", "[a pixel art character, a red body]",
+              "--model.validation.generation.num_inference_steps", "2")
     return root, cli
 
 
@@ -33,6 +39,25 @@ def transformer_inputs(seed=0):
 def test_fit_exports_ema_weights_into_the_run_folder(lora_run):
     root, _ = lora_run
     assert (root / "export" / LORA_WEIGHT_NAME).is_file() and (root / "export" / "model_index.json").is_file()
+
+
+def test_the_final_export_has_a_card_with_the_runs_facts_and_last_images(lora_run):
+    root, cli = lora_run
+    text = (root / "export" / CARD_NAME).read_text()
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert ModelCard.load(root / "export" / CARD_NAME).data.to_dict() == meta
+    assert meta["library_name"] == "diffusers" and meta["pipeline_tag"] == "text-to-image"
+    assert {"text-to-image", "amused", "lora"} <= set(meta["tags"]) and meta["license"] == "other"
+    rows = len(cli.datamodule.train_dataset)
+    for fact in ("LoRA on the transformer: r 4, alpha 8 (scale alpha / r), targets to_q, to_k, to_v; text encoder "
+                 "frozen", "the EMA of the trained weights (decay 0.5), adapters in `pytorch_lora_weights.safetensors`",
+                 f"`HFDataset` `{cli.datamodule.source.path}`, {rows} training rows, 32 px", "learning rate 0.05",
+                 "4 per device x 1 devices x 1 accumulation = 4", "| steps | 3 optimizer steps |", "| precision | 32",
+                 'load_lora_adapter("', "1. a pixel art character\n2. a red body"):
+        assert fact in text, fact
+    # The export comes after the final validation: its images are those of the exported step.
+    assert f"]({SAMPLES_NAME})" in text and "Validation images at optimizer step 3" in text
+    assert (root / "export" / SAMPLES_NAME).read_bytes() == (root / "validation" / "step=000003.png").read_bytes()
 
 
 def test_exported_lora_reloads_with_its_alpha(lora_run, tmp_path):

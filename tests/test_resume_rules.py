@@ -29,6 +29,7 @@ def lora_run(tmp_path_factory, toy_dataset):
     (("--model.lora.target_modules", "[to_q]"), "model.lora.target_modules changed on resume: "
                                                 "['to_k', 'to_q', 'to_v'] -> ['to_q']"),
     (("--model.lora", "null"), "model.lora changed on resume: on -> off"),
+    (("--model.lora.use_dora", "true"), "model.lora.use_dora changed on resume: False -> True"),
     (("--model.text_encoder.train", "true"), "model.text_encoder.train changed on resume: False -> True"),
 ])
 def test_a_change_to_what_the_weights_mean_is_refused(lora_run, toy_dataset, capsys, change, refusal):

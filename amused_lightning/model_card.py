@@ -1,0 +1,275 @@
+"""The model card (README.md) of an export, as the Hub renders it: YAML front matter, then what the weights are, how
+they were trained, sample images and how to load them; read from what the checkpoint recorded of its run."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+
+from amused_lightning.adapters import LoraSettings
+from amused_lightning.components import EMBEDDED, resolve_embedded
+from amused_lightning.ema import find_ema
+from amused_lightning.formats import LORA_WEIGHT_NAME
+from amused_lightning.pipeline import CHECKPOINT_MARK, ModelSpec
+from amused_lightning.presets import PRESETS
+
+CARD_NAME = "README.md"
+SAMPLES_NAME = "samples.png"
+NOT_RECORDED = "not recorded"
+
+
+def run_record(trainer: L.Trainer) -> dict[str, Any]:
+    """What the module's hyperparameters do not say of a run: precision, processes, accumulation, rows, rate, EMA."""
+    group = trainer.optimizers[0].param_groups[0] if trainer.optimizers else {}
+    ema = find_ema(trainer)
+    return {"precision": str(trainer.precision), "devices": trainer.world_size,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "train_rows": dataset_rows(getattr(trainer, "datamodule", None)),
+            "lr": group.get("initial_lr", group.get("lr")), "weight_decay": group.get("weight_decay"),
+            "ema_decay": ema.settings.decay if ema is not None else None}
+
+
+def dataset_rows(datamodule: Any) -> int | None:
+    """Rows of the training set, when the data has a length."""
+    try:
+        return len(datamodule.train_dataset)
+    except (AttributeError, TypeError):
+        return None
+
+
+@dataclass
+class CardFacts:
+    """Everything the card says, gathered from a checkpoint (or the end of a fit) and the export's choices."""
+
+    spec: ModelSpec
+    hparams: dict[str, Any]
+    data: dict[str, Any]
+    run: dict[str, Any]
+    optimizer: str | None
+    steps: int | None
+    weights: str
+    merged: bool
+    where: str
+    samples: tuple[int, list[str]] | None = None
+
+    @property
+    def lora_file(self) -> bool:
+        """Whether the export holds the adapters in a LoRA file beside the base pipeline."""
+        return not self.merged and (self.spec.lora is not None or self.spec.text_encoder.lora is not None)
+
+
+def card_facts(checkpoint: dict[str, Any], weights: str, merged: bool, where: str) -> CardFacts:
+    """The facts of a checkpoint written by `fit` (older checkpoints lack the run record: those facts are unknown)."""
+    mark = checkpoint.get(CHECKPOINT_MARK) or {}
+    hparams = checkpoint["hyper_parameters"]
+    return CardFacts(ModelSpec.from_hparams(hparams), dict(hparams), dict(checkpoint.get("datamodule_hyper_parameters")
+                     or {}), dict(mark.get("run") or {}), mark.get("optimizer"), checkpoint.get("global_step"),
+                     weights, merged, where)
+
+
+def newest_grid(run_folder: Path, step: int | None) -> tuple[Path, int] | None:
+    """The newest validation grid of the run at or before `step` (the weights exported), with its step."""
+    grids = [(path, int(m.group(1))) for path in (run_folder / "validation").glob("step=*.png")
+             if (m := re.fullmatch(r"step=(\d+)\.png", path.name))]
+    grids = [(path, at) for path, at in grids if step is None or at <= step]
+    return max(grids, key=lambda grid: grid[1]) if grids else None
+
+
+def add_samples(facts: CardFacts, run_folder: Path, folder: Path) -> Path | None:
+    """Copy the run's newest validation grid into the export as samples.png; its step and prompts go to the card."""
+    grid = newest_grid(run_folder, facts.steps)
+    if grid is None:
+        return None
+    prompts_file = run_folder / "validation" / "prompts.txt"
+    lines = prompts_file.read_text().splitlines() if prompts_file.is_file() else []
+    facts.samples = (grid[1], [line.split(": ", 1)[-1] for line in lines])
+    return Path(shutil.copyfile(grid[0], folder / SAMPLES_NAME))
+
+
+def hub_id(pretrained: str) -> str | None:
+    """`pretrained` when it names a Hub model (not a preset, the embedded toy model or a local folder)."""
+    if pretrained in PRESETS or pretrained in EMBEDDED or Path(pretrained).expanduser().exists():
+        return None
+    return pretrained if not pretrained.startswith((".", "/", "~")) and pretrained.count("/") == 1 else None
+
+
+def base_license(spec: ModelSpec) -> tuple[str, str]:
+    """The license id for the front matter and a sentence saying whose license it is."""
+    name = spec.pretrained
+    if name in PRESETS:
+        return "other", (f"The base model is amused_lightning's `{name}` preset: random weights drawn from seed "
+                         f"{spec.seed}, under no upstream license.")
+    if name in EMBEDDED:
+        return "other", ("The base model is the `toy` model embedded in amused_lightning, trained on generated "
+                         "pixel-art images of its toy world, under no upstream license.")
+    if name.startswith("amused/"):
+        return "openrail++", f"openrail++, the license of the base model [{name}](https://huggingface.co/{name})."
+    local = Path(resolve_embedded(name)).expanduser() / CARD_NAME
+    license_id = front_matter(local.read_text()).get("license") if local.is_file() else None
+    if license_id:
+        return str(license_id), f"{license_id}, the license the base model's card ({local}) names."
+    return "other", f"The license of the base model `{name}` applies (this export does not know it)."
+
+
+def front_matter(text: str) -> dict[str, Any]:
+    """The YAML block at the top of a card (empty when there is none)."""
+    match = re.match(r"---\n(.*?)\n---\n", text, re.DOTALL)
+    return (yaml.safe_load(match.group(1)) or {}) if match else {}
+
+
+def metadata(facts: CardFacts) -> dict[str, Any]:
+    """The front matter: what the Hub indexes and links."""
+    base = hub_id(facts.spec.pretrained)
+    tags = ["text-to-image", "amused", "diffusers", "amused-lightning"] + (["lora"] if facts.lora_file else [])
+    meta: dict[str, Any] = {"library_name": "diffusers", "license": base_license(facts.spec)[0], "tags": tags,
+                            "pipeline_tag": "text-to-image"}
+    if base is not None:
+        meta.update(base_model=base, base_model_relation="adapter" if facts.lora_file else "finetune")
+    dataset = facts.data.get("source", {})
+    path = (dataset.get("init_args") or {}).get("path") if isinstance(dataset, dict) else None
+    if str(dataset.get("class_path", "")).endswith("HFDataset") and path and hub_id(str(path)):
+        meta["datasets"] = [path]
+    return meta
+
+
+def settings_group(hparams: dict[str, Any], name: str) -> dict[str, Any]:
+    """A group of hyperparameters as a dict, whether saved from a config (a dict) or given as a dataclass."""
+    value = hparams.get(name) or {}
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
+
+
+def lora_text(lora: LoraSettings | None, what: str) -> str | None:
+    """One line on an adapter: rank, alpha, scale, targets, variant."""
+    if lora is None:
+        return None
+    scale = "alpha / sqrt(r), rsLoRA" if lora.use_rslora else "alpha / r"
+    dora = ", DoRA (magnitudes trained too)" if lora.use_dora else ""
+    return (f"LoRA on the {what}: r {lora.r}, alpha {lora.alpha:g} (scale {scale}), targets "
+            f"{', '.join(lora.target_modules)}{dora}")
+
+
+def mode_text(spec: ModelSpec) -> str:
+    """What trained: the transformer fully or its adapter; the text encoder frozen, fully, or its adapter."""
+    transformer = lora_text(spec.lora, "transformer") or "full finetuning of the transformer"
+    text = spec.text_encoder
+    encoder = lora_text(text.lora, "text encoder") or ("text encoder trained fully" if text.train
+                                                       else "text encoder frozen")
+    return f"{transformer}; {encoder}"
+
+
+def data_text(facts: CardFacts) -> str:
+    """The data source's class and path (or arguments), and its number of training rows when known."""
+    source = facts.data.get("source") or {}
+    if not isinstance(source, dict):
+        source = source.settings()
+    args = source.get("init_args") or {}
+    where = args.get("path") or ", ".join(f"{k}={v}" for k, v in args.items() if v is not None)
+    rows = facts.run.get("train_rows")
+    return (f"`{str(source.get('class_path', NOT_RECORDED)).rsplit('.', 1)[-1]}` `{where}`"
+            + (f", {rows} training rows" if rows is not None else "")
+            + (f", {facts.data['resolution']} px" if facts.data.get("resolution") else ""))
+
+
+def weights_text(facts: CardFacts) -> str:
+    """Which weights the export holds and how the adapters sit in it."""
+    decay = facts.run.get("ema_decay")
+    which = "the trained weights (no average)"
+    if facts.weights == "ema":
+        which = f"the EMA of the trained weights (decay {decay:g})" if decay else "the EMA of the trained weights"
+    if facts.spec.lora is None and facts.spec.text_encoder.lora is None:
+        return which
+    if facts.merged:
+        return f"{which}, adapters merged into the pipeline weights"
+    return f"{which}, adapters in `{LORA_WEIGHT_NAME}` beside the base pipeline"
+
+
+def optimizer_text(facts: CardFacts) -> str:
+    """The optimizer class, peak learning rate, weight decay and schedule."""
+    run, schedule = facts.run, settings_group(facts.hparams, "lr_schedule")
+    parts = [f"`{facts.optimizer or NOT_RECORDED}`"]
+    if run.get("lr") is not None:
+        parts.append(f"learning rate {run['lr']:g}")
+    if run.get("weight_decay") is not None:
+        parts.append(f"weight decay {run['weight_decay']:g}")
+    if schedule:
+        parts.append(f"{schedule.get('name')} schedule, {schedule.get('warmup_steps')} warmup steps")
+    return ", ".join(parts)
+
+
+def batch_text(facts: CardFacts) -> str:
+    """Per-device batch x devices x accumulation = images per optimizer step."""
+    batch, run = facts.hparams.get("batch_size"), facts.run
+    devices, accumulation = run.get("devices"), run.get("accumulate_grad_batches")
+    if None in (batch, devices, accumulation):
+        return f"{batch} per device (devices and accumulation {NOT_RECORDED})"
+    return f"{batch} per device x {devices} devices x {accumulation} accumulation = {batch * devices * accumulation}"
+
+
+def training_table(facts: CardFacts) -> str:
+    """The run as a two-column table."""
+    spec = facts.spec
+    revision = f" (revision `{spec.revision}`)" if spec.revision else ""
+    rows = [("base model", f"`{spec.pretrained}`{revision}"), ("data", data_text(facts)),
+            ("finetuning", mode_text(spec)), ("weights exported", weights_text(facts)),
+            ("optimizer", optimizer_text(facts)), ("batch", batch_text(facts)),
+            ("steps", f"{facts.steps} optimizer steps" if facts.steps is not None else NOT_RECORDED),
+            ("precision", facts.run.get("precision", NOT_RECORDED)), ("seed", str(facts.hparams.get("seed")))]
+    return "| | |\n|---|---|\n" + "\n".join(f"| {name} | {value} |" for name, value in rows)
+
+
+def samples_text(facts: CardFacts) -> str:
+    """The sample grid and the prompts in its reading order, or a line saying there is none."""
+    if facts.samples is None:
+        return "No validation images were drawn before these weights (set `model.validation.prompts`)."
+    step, prompts = facts.samples
+    generation = settings_group(settings_group(facts.hparams, "validation"), "generation")
+    settings = ", ".join(f"{key} {value}" for key, value in generation.items())
+    listed = "\n".join(f"{i + 1}. {prompt}" for i, prompt in enumerate(prompts))
+    return (f"![validation images at step {step}]({SAMPLES_NAME})\n\nValidation images at optimizer step {step} "
+            f"(seed {facts.hparams.get('seed')}; {settings}), left to right, top to bottom:\n\n{listed}")
+
+
+def usage_code(facts: CardFacts) -> str:
+    """Python that loads the export with diffusers (adapters included) and draws an image."""
+    where, prompts = facts.where, settings_group(facts.hparams, "validation").get("prompts") or ["a photo"]
+    lines = ["import torch", "from diffusers import AmusedPipeline", "",
+             f'pipe = AmusedPipeline.from_pretrained("{where}")']
+    if facts.lora_file and facts.spec.lora is not None:
+        lines.append(f'pipe.transformer.load_lora_adapter("{where}", prefix="transformer", '
+                     f'weight_name="{LORA_WEIGHT_NAME}")')
+    if facts.lora_file and facts.spec.text_encoder.lora is not None:
+        lines[1:1] = ["from diffusers.loaders import AmusedLoraLoaderMixin"]
+        lines += [f'state_dict, alphas, metadata = AmusedLoraLoaderMixin.lora_state_dict("{where}", '
+                  f'weight_name="{LORA_WEIGHT_NAME}", return_lora_metadata=True)',
+                  "AmusedLoraLoaderMixin.load_lora_into_text_encoder(state_dict, alphas, pipe.text_encoder, "
+                  'prefix="text_encoder", metadata=metadata)']
+    lines += [f"image = pipe({prompts[0]!r}, generator=torch.Generator().manual_seed(0)).images[0]",
+              'image.save("image.png")']
+    return "\n".join(lines)
+
+
+def render_card(facts: CardFacts) -> str:
+    """The whole card: front matter, then markdown."""
+    meta = yaml.safe_dump(metadata(facts), sort_keys=False, allow_unicode=True)
+    kind = "LoRA adapters" if facts.lora_file else "a finetuned pipeline"
+    title = facts.where.rstrip("/").rsplit("/", 1)[-1]
+    return (f"---\n{meta}---\n\n# {title}\n\n{kind.capitalize()} of `{facts.spec.pretrained}` (aMUSEd), trained with "
+            f"amused_lightning.\n\n## Training\n\n{training_table(facts)}\n\n## Samples\n\n{samples_text(facts)}\n\n"
+            f"## Use\n\n```python\n{usage_code(facts)}\n```\n\nOr with amused_lightning: `python -m amused_lightning "
+            f'generate "a prompt" --pipeline <this folder> -o pictures/`.\n\n## License\n\n'
+            f"{base_license(facts.spec)[1]}\n")
+
+
+def write_card(facts: CardFacts, run_folder: Path | None, folder: Path) -> list[Path]:
+    """README.md, and samples.png when the run drew validation images at or before the exported step."""
+    samples = add_samples(facts, run_folder, folder) if run_folder is not None else None
+    card = folder / CARD_NAME
+    card.write_text(render_card(facts))
+    return [card] + ([samples] if samples is not None else [])
