@@ -226,8 +226,9 @@ class FinalExport(L.Callback):
         pipeline = TrainedPipeline.from_checkpoint(checkpoint, self.weights)
         root = Path(trainer.default_root_dir)
         card = card_facts(checkpoint, pipeline.weights, self.merge_lora, self.push_to_hub or str(root / "export"))
-        for path in export_pipeline(pipeline, root / "export", self.merge_lora, True, card, root):
-            log.info("exported %s weights to %s", pipeline.weights, path)
+        written = export_pipeline(pipeline, root / "export", self.merge_lora, True, card, root)
+        files = [path.name for path in written if path != root / "export"]
+        log.info("exported %s weights to %s (the pipeline, %s)", pipeline.weights, root / "export", ", ".join(files))
         # After the export is complete: a failed push leaves it whole, and says how to upload it by hand.
         if self.push_to_hub is not None:
             url = push_written_export(root / "export", self.push_to_hub, self.hub_private, self._token)

@@ -55,5 +55,5 @@ def main(argv: list[str] | None = None) -> list[Path]:
         print(f"wrote {path}")
     if args.push_to_hub:
         url = push_written_export(args.output, args.push_to_hub, args.private, token)
-        print(f"pushed {args.output} to {url} ({'private' if args.private else 'public'} when created)")
+        print(f"pushed {args.output} to {url}")
     return written

@@ -14,7 +14,7 @@ import lightning as L
 import yaml
 
 from amused_lightning.adapters import LoraSettings
-from amused_lightning.components import EMBEDDED, resolve_embedded
+from amused_lightning.components import EMBEDDED
 from amused_lightning.ema import find_ema
 from amused_lightning.formats import LORA_WEIGHT_NAME
 from amused_lightning.pipeline import CHECKPOINT_MARK, ModelSpec
@@ -67,11 +67,10 @@ class CardFacts:
 
 def card_facts(checkpoint: dict[str, Any], weights: str, merged: bool, where: str) -> CardFacts:
     """The facts of a checkpoint written by `fit` (older checkpoints lack the run record: those facts are unknown)."""
-    mark = checkpoint.get(CHECKPOINT_MARK) or {}
-    hparams = checkpoint["hyper_parameters"]
-    return CardFacts(ModelSpec.from_hparams(hparams), dict(hparams), dict(checkpoint.get("datamodule_hyper_parameters")
-                     or {}), dict(mark.get("run") or {}), mark.get("optimizer"), checkpoint.get("global_step"),
-                     weights, merged, where)
+    mark, hparams = checkpoint.get(CHECKPOINT_MARK) or {}, checkpoint["hyper_parameters"]
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    return CardFacts(ModelSpec.from_hparams(hparams), dict(hparams), dict(data), dict(mark.get("run") or {}),
+                     mark.get("optimizer"), checkpoint.get("global_step"), weights, merged, where)
 
 
 def newest_grid(run_folder: Path, step: int | None) -> tuple[Path, int] | None:
@@ -111,7 +110,7 @@ def base_license(spec: ModelSpec) -> tuple[str, str]:
                          "pixel-art images of its toy world, under no upstream license.")
     if name.startswith("amused/"):
         return "openrail++", f"openrail++, the license of the base model [{name}](https://huggingface.co/{name})."
-    local = Path(resolve_embedded(name)).expanduser() / CARD_NAME
+    local = Path(name).expanduser() / CARD_NAME
     license_id = front_matter(local.read_text()).get("license") if local.is_file() else None
     if license_id:
         return str(license_id), f"{license_id}, the license the base model's card ({local}) names."
@@ -132,11 +131,17 @@ def metadata(facts: CardFacts) -> dict[str, Any]:
                             "pipeline_tag": "text-to-image"}
     if base is not None:
         meta.update(base_model=base, base_model_relation="adapter" if facts.lora_file else "finetune")
-    dataset = facts.data.get("source", {})
-    path = (dataset.get("init_args") or {}).get("path") if isinstance(dataset, dict) else None
-    if str(dataset.get("class_path", "")).endswith("HFDataset") and path and hub_id(str(path)):
+    source = source_settings(facts.data)
+    path = (source.get("init_args") or {}).get("path")
+    if str(source.get("class_path", "")).endswith("HFDataset") and path and hub_id(str(path)):
         meta["datasets"] = [path]
     return meta
+
+
+def source_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """The data source as a config entry (class_path, init_args), whether saved as one or as the object."""
+    source = data.get("source") or {}
+    return source if isinstance(source, dict) else source.settings()
 
 
 def settings_group(hparams: dict[str, Any], name: str) -> dict[str, Any]:
@@ -166,9 +171,7 @@ def mode_text(spec: ModelSpec) -> str:
 
 def data_text(facts: CardFacts) -> str:
     """The data source's class and path (or arguments), and its number of training rows when known."""
-    source = facts.data.get("source") or {}
-    if not isinstance(source, dict):
-        source = source.settings()
+    source = source_settings(facts.data)
     args = source.get("init_args") or {}
     where = args.get("path") or ", ".join(f"{k}={v}" for k, v in args.items() if v is not None)
     rows = facts.run.get("train_rows")
@@ -258,14 +261,16 @@ def usage_code(facts: CardFacts) -> str:
 def render_card(facts: CardFacts) -> str:
     """The whole card: front matter, then markdown."""
     meta = yaml.safe_dump(metadata(facts), sort_keys=False, allow_unicode=True)
-    kind = "LoRA adapters" if facts.lora_file else "a finetuned pipeline"
+    base = f"`{facts.spec.pretrained}` (aMUSEd)"
+    what = (f"LoRA adapters for {base}, with the base pipeline" if facts.lora_file
+            else f"A finetuned {base} pipeline")
     title = facts.where.rstrip("/").rsplit("/", 1)[-1]
-    return (f"---\n{meta}---\n\n# {title}\n\n{kind.capitalize()} of `{facts.spec.pretrained}` (aMUSEd), trained with "
-            f"amused_lightning.\n\n## Training\n\n{training_table(facts)}\n\n## Samples\n\n{samples_text(facts)}\n\n"
-            f"## Use\n\n```python\n{usage_code(facts)}\n```\n\nOr with amused_lightning: `python -m amused_lightning "
-            f'generate "a prompt" --pipeline <this folder> -o pictures/`.\n\n## License\n\n'
-            f"{base_license(facts.spec)[1]}\n")
-
+    sections = {"Training": training_table(facts), "Samples": samples_text(facts),
+                "Use": f"```python\n{usage_code(facts)}\n```\n\nOr with amused_lightning: `python -m amused_lightning "
+                       'generate "a prompt" --pipeline <this folder> -o pictures/`.',
+                "License": base_license(facts.spec)[1]}
+    body = "".join(f"\n\n## {name}\n\n{text}" for name, text in sections.items())
+    return f"---\n{meta}---\n\n# {title}\n\n{what}, trained with amused_lightning.{body}\n"
 
 def write_card(facts: CardFacts, run_folder: Path | None, folder: Path) -> list[Path]:
     """README.md, and samples.png when the run drew validation images at or before the exported step."""

@@ -8,19 +8,22 @@ from typing import Any
 import torch
 from diffusers.models.normalization import GlobalResponseNorm, RMSNorm
 from diffusers.optimization import SchedulerType, get_scheduler
+from peft.tuners.lora.dora import DoraLinearLayer
 from torch import nn
 
 from amused_lightning.errors import SettingError
 
 # Weights of these modules scale or shift activations, or look up embeddings: decaying them towards zero only hurts.
-_NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, RMSNorm, GlobalResponseNorm, nn.Embedding)
+# DoRA's magnitudes are the norms of the adapted layers' weights: decayed, they would shrink those layers.
+_NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, RMSNorm, GlobalResponseNorm, nn.Embedding, DoraLinearLayer)
 LR_SCHEDULES = tuple(kind.value for kind in (
     SchedulerType.CONSTANT, SchedulerType.CONSTANT_WITH_WARMUP, SchedulerType.LINEAR, SchedulerType.COSINE,
     SchedulerType.COSINE_WITH_RESTARTS, SchedulerType.POLYNOMIAL))
 
 
 def parameter_groups(modules: Iterable[nn.Module]) -> list[dict]:
-    """Trainable parameters: one group at the optimizer's weight decay, one without (biases, norms, embeddings)."""
+    """Trainable parameters: one group at the optimizer's weight decay, one without (biases, norms, embeddings, DoRA
+    magnitudes)."""
     decay, no_decay, seen = [], [], set()
     for module in modules:
         for submodule in module.modules():
