@@ -82,7 +82,7 @@ def online(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    # huggingface_hub caches what a Hub answers about agent harnesses in HF_HOME: a fake Hub's answer stays here.
+    # huggingface_hub caches one of the Hub's answers in HF_HOME: a fake Hub's answer must stay out of it.
     monkeypatch.setattr(huggingface_hub.constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent-harnesses.json"))
 
 
