@@ -31,6 +31,8 @@ HARMLESS_WARNINGS = (
 HARMLESS_RECORDS = {
     # bitsandbytes, at import on CPUs with AVX512-BF16: a faster 4-bit inference kernel is missing; we use no 4-bit.
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+    # kernels (pulled in by transformers >= 5.25), on that same attempt under HF_HUB_OFFLINE=1: a trust check it skips.
+    "kernels._internals.hf_hub": "Skipping publisher trust check for 'kernels-community/",
     # Lightning, at every Trainer start: an advertisement for its cloud logger.
     "lightning.pytorch.utilities.rank_zero": "💡 Tip: For seamless cloud logging",
     "lightning.fabric.utilities.rank_zero": "💡 Tip: For seamless cloud logging",
