@@ -4,6 +4,8 @@ lengths in CLIP tokens, image sizes and aspect ratios; writes a preview grid of 
 
     python -m amused_lightning check-data --config configs/<recipe>.yaml [--data.source.path ...] [--preview out.png]
 
+A stream (`HFStream`, `WebDataset`) is never read whole: the report covers its first --records records.
+
 Every argument other than those below is fit's, parsed as fit parses it: --config files, --data.* and
 --model.pretrained overrides (see `python -m amused_lightning fit --help`).
 """
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING
 from amused_lightning.errors import ExistingOutputError
 
 if TYPE_CHECKING:
-    from amused_lightning.data import AmusedDataModule
+    from amused_lightning.data import AmusedDataModule, DataSource
     from amused_lightning.data.report import DataReport
 
 PREVIEW_NAME = "data-check.png"
@@ -32,9 +34,13 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                              f"{PREVIEW_NAME}, or ./{PREVIEW_NAME} when the config names no run folder)")
     parser.add_argument("--samples", type=int, default=16, help="samples in the preview grid (0: no preview)")
     parser.add_argument("--overwrite", action="store_true", help="replace a preview file that already exists")
+    parser.add_argument("--records", type=int, default=1000,
+                        help="records of a stream (HFStream, WebDataset) the report reads, from its start")
     args, rest = parser.parse_known_args(argv)
     if args.samples < 0:
         parser.error(f"--samples {args.samples} must be 0 or more")
+    if args.records < 1:
+        parser.error(f"--records {args.records} must be at least 1")
     return args, rest
 
 
@@ -71,19 +77,19 @@ def preview_path(args: argparse.Namespace, settings) -> Path:
     return path
 
 
-def write_preview(datamodule: AmusedDataModule, count: int, path: Path) -> Path:
-    """A grid of `count` usable samples spread over the source, with their captions, written to `path`."""
+def write_preview(source: DataSource, resolution: int, count: int, path: Path) -> Path:
+    """A grid of `count` usable samples spread over `source`, with their captions, written to `path`."""
     from amused_lightning.data.preview import evenly_spaced, preview_grid
 
-    source = datamodule.source
     rows = evenly_spaced(source.usable_rows(), count)
-    image = preview_grid([(source.image(row), source.captions(row)) for row in rows], datamodule.hparams.resolution)
+    image = preview_grid([(source.image(row), source.captions(row)) for row in rows], resolution)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
 
 
-def bucket_lines(datamodule: AmusedDataModule, settings, report: DataReport, train_rows: list[int]) -> list[str] | None:
+def bucket_lines(datamodule: AmusedDataModule, source: DataSource, settings, report: DataReport,
+                 train_rows: list[int]) -> list[str] | None:
     """The training rows per aspect-ratio bucket, from the sizes the report read, as `fit` assigns them; None when
     buckets are off."""
     from amused_lightning.components import load_grid_configs
@@ -97,8 +103,21 @@ def bucket_lines(datamodule: AmusedDataModule, settings, report: DataReport, tra
     factor = pixels_per_token(vq_config)
     grids = bucket_grids(datamodule.hparams.resolution // factor, token_grid_multiple(transformer_config),
                          datamodule.buckets.max_ratio)
-    sizes = dict(zip(datamodule.source.usable_rows(), report.sizes))
+    sizes = dict(zip(source.usable_rows(), report.sizes))
     return format_buckets(bucket_layout(train_rows, sizes, grids, factor), datamodule.buckets.max_ratio)
+
+
+def rows_to_check(datamodule: AmusedDataModule, records: int) -> DataSource:
+    """The data module's rows; for a stream, its first `records` records, kept in memory."""
+    from amused_lightning.data.streams import RecordList, StreamSource, first_records
+
+    source = datamodule.source
+    if not isinstance(source, StreamSource):
+        return source
+    kept = RecordList(list(first_records(source, records)), source.describe())
+    print(f"{source.describe()} is a stream of {source.shard_count} shards: this report covers its first "
+          f"{len(kept)} records (--records)")
+    return kept
 
 
 def main(argv: list[str] | None = None) -> DataReport:
@@ -112,12 +131,13 @@ def main(argv: list[str] | None = None) -> DataReport:
     datamodule = data_module(settings)
     tokenizer = load_tokenizer(settings.model.pretrained, settings.model.revision)
     hp = datamodule.hparams
-    split = datamodule.source.split_rows(hp.val_samples, hp.seed, hp.batch_size, 1)
-    report = scan_source(datamodule.source, tokenizer, split.train_rows)
-    print(format_report(report, hp.resolution, hp.on_bad_image, bucket_lines(datamodule, settings, report,
+    source = rows_to_check(datamodule, args.records)
+    split = source.split_rows(hp.val_samples, hp.seed, hp.batch_size, 1)
+    report = scan_source(source, tokenizer, split.train_rows)
+    print(format_report(report, hp.resolution, hp.on_bad_image, bucket_lines(datamodule, source, settings, report,
                                                                             split.train_rows)))
     if path is not None:
         usable = report.total - len(report.skipped)
-        print(f"wrote {write_preview(datamodule, args.samples, path)} ({min(args.samples, usable)} samples with "
-              "their captions)")
+        print(f"wrote {write_preview(source, hp.resolution, args.samples, path)} ({min(args.samples, usable)} "
+              "samples with their captions)")
     return report

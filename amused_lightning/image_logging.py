@@ -23,9 +23,13 @@ def image_tags(prompts: list[str]) -> list[str]:
     return [f"{KEY}/{i:02d} {prompt}" for i, prompt in enumerate(prompts)]
 
 
+MLFLOW_KEY_LENGTH = 200  # MLflow puts the key in a file name, which most file systems cap at 255 bytes
+
+
 def mlflow_key(tag: str) -> str:
-    """An MLflow image key (letters, digits, `_-. /` only) for a tag."""
-    return re.sub(r"[^\w\-. /]", "_", tag)
+    """An MLflow image key for a tag: ASCII letters, digits and `_-. /` only (MLflow refuses others), and short
+    enough for a file name."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", tag)[:MLFLOW_KEY_LENGTH]
 
 
 def to_tensorboard(logger: TensorBoardLogger, shown: ValidationImages) -> None:
@@ -85,7 +89,13 @@ class ValidationImageLogger(L.Callback):
         if not self.enabled or shown is None or not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
-            if not send_images(logger, shown) and id(logger) not in self._warned:
+            try:
+                sent = send_images(logger, shown)
+            except Exception as error:  # noqa: BLE001 (a logger's service refusing images must not end a long run)
+                log.warning("validation images: %s refused them (%s: %s); they are in the PNG grid %s",
+                            type(logger).__name__, type(error).__name__, error, shown.grid)
+                continue
+            if not sent and id(logger) not in self._warned:
                 self._warned.add(id(logger))
                 log.warning("validation images: %s has no image API this package knows; they are in the PNG grids "
                             "%s/step=NNNNNN.png (prompts.txt gives their order)",

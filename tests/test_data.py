@@ -91,7 +91,7 @@ def test_setup_before_connect_says_what_to_call(toy_dataset):
     datamodule.setup("fit")
     assert datamodule.hparams.source == {"class_path": "amused_lightning.data.sources.HFDataset", "init_args": dict(
         path=str(toy_dataset), split="train", image_key="image", prompt_key="text", prompt_prefix=None,
-        val_split=None)}
+        val_split=None, name=None, data_files=None, revision=None)}
 
 
 def test_empty_folder_and_unreadable_single_image(tmp_path):

@@ -1,5 +1,6 @@
 import json
 import logging
+import re
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ from lightning.pytorch.loggers import CometLogger, MLFlowLogger, TensorBoardLogg
 from PIL import Image
 from wandb.proto import wandb_internal_pb2
 
-from amused_lightning.image_logging import ValidationImageLogger, send_images
+from amused_lightning.image_logging import ValidationImageLogger, mlflow_key, send_images
 from amused_lightning.validation import ValidationImages
 
 from helpers import fit, image_steps
@@ -141,3 +142,24 @@ def test_image_logging_off_sends_nothing(tmp_path):
     ValidationImageLogger().on_validation_end(trainer, module)
     logger.experiment.flush()
     assert image_steps(tmp_path / "tb") == {f"val_images/{i:02d} {prompt}": [7] for i, prompt in enumerate(PROMPTS)}
+
+
+def test_mlflow_keys_keep_to_what_mlflow_accepts():
+    key = mlflow_key(f"val_images/00 un café à 東京, {'very ' * 80}long")
+    assert re.fullmatch(r"[a-zA-Z0-9_\-./ ]+", key) and key.startswith("val_images/00 un caf_ _ ___ very") \
+        and len(key) == 200
+
+
+class RefusingLogger(RecordingComet):
+    """A logger whose service refuses images."""
+
+    experiment = property(lambda self: (_ for _ in ()).throw(ConnectionError("service down")))
+
+
+def test_a_logger_that_refuses_images_does_not_stop_the_run(tmp_path, caplog):
+    tensorboard = TensorBoardLogger(save_dir=str(tmp_path), name="tb")
+    trainer = SimpleNamespace(loggers=[RefusingLogger(), tensorboard], is_global_zero=True)
+    ValidationImageLogger().on_validation_end(trainer, SimpleNamespace(validation_images=drawn(tmp_path)))
+    tensorboard.experiment.flush()
+    assert "RefusingLogger refused them (ConnectionError: service down)" in caplog.text
+    assert len(image_steps(tmp_path / "tb")) == len(PROMPTS), "the next logger still gets them"

@@ -3,5 +3,8 @@
 from amused_lightning.data.datamodule import AmusedDataModule
 from amused_lightning.data.files import ImageFolder, SingleImage
 from amused_lightning.data.sources import DataSource, HFDataset
+from amused_lightning.data.streams import HFStream, StreamSource
+from amused_lightning.data.webdataset import WebDataset
 
-__all__ = ["AmusedDataModule", "DataSource", "HFDataset", "ImageFolder", "SingleImage"]
+__all__ = ["AmusedDataModule", "DataSource", "HFDataset", "HFStream", "ImageFolder", "SingleImage", "StreamSource",
+           "WebDataset"]

@@ -110,6 +110,24 @@ def _header_size(source: DataSource, row: int) -> Size | None:
         return None
 
 
+class CropSize:
+    """The crop size of an image, from its header: the `resolution` square, or the bucket of `grids` nearest its
+    aspect ratio (the square when the header cannot be read: its decode will say what is wrong)."""
+
+    def __init__(self, resolution: int, grids: tuple[Grid, ...] | None, pixels_per_token: int):
+        self.resolution, self.grids, self.pixels_per_token = resolution, grids, pixels_per_token
+
+    def __call__(self, record) -> Size:
+        if self.grids is None:
+            return self.resolution, self.resolution
+        try:
+            size = upright_size(record.image)
+        except Exception:  # noqa: BLE001 (as _header_size)
+            return self.resolution, self.resolution
+        height, width = self.grids[nearest_grid(*size, list(self.grids))]
+        return width * self.pixels_per_token, height * self.pixels_per_token
+
+
 def training_layout(source: DataSource, rows: list[int], resolution: int, pixels_per_token: int,
                     grids: tuple[Grid, ...] | None) -> RowLayout:
     """The training rows with their crop sizes: the square, or the bucket of `grids` nearest each image."""

@@ -17,11 +17,21 @@ from amused_lightning.args import as_settings
 from amused_lightning.batch import POSITION, Batch
 from amused_lightning.data.bad_data import ON_BAD_IMAGE, BadImageError, apply_to_scan
 from amused_lightning.data.bucket_sampler import BucketSampler
-from amused_lightning.data.buckets import AspectBuckets, Grid, RowLayout, bucket_grids, square_layout, training_layout
+from amused_lightning.data.buckets import (
+    AspectBuckets,
+    CropSize,
+    Grid,
+    RowLayout,
+    bucket_grids,
+    square_layout,
+    training_layout,
+)
 from amused_lightning.data.cache import CacheBuilder, CacheSpec, TokenCache
 from amused_lightning.data.datasets import REPLACED, CachedDataset, PixelDataset
 from amused_lightning.data.sampler import ResumableSampler
 from amused_lightning.data.sources import DataSource, DataSourceError, Split
+from amused_lightning.data.stream_dataset import check_same_readers, reader_count, stream_training_data
+from amused_lightning.data.streams import StreamSource
 from amused_lightning.encoding import FrozenEncoders, pixels_per_token
 
 log = logging.getLogger(__name__)
@@ -34,7 +44,7 @@ class AmusedDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        source: DataSource,
+        source: DataSource | StreamSource,
         resolution: int = 256,
         center_crop: bool = False,
         random_flip: bool = False,
@@ -48,12 +58,15 @@ class AmusedDataModule(L.LightningDataModule):
         seed: int = 0,
         on_bad_image: str = "skip",
         aspect_buckets: AspectBuckets | None = None,
+        shuffle_buffer: int = 1000,
     ):
         """
         Args:
             source: The training data: `HFDataset` (a Hugging Face dataset), `ImageFolder` (every image in a folder
                 and its subfolders, captioned by a `.txt` file beside it, metadata.jsonl/csv, or its file name) or
-                `SingleImage` (one image, StyleDrop), each with its own settings.
+                `SingleImage` (one image, StyleDrop), each with its own settings; or a stream, read shard by shard
+                in bounded memory, for data larger than the disk: `HFStream` (a Hugging Face dataset with
+                streaming=True) or `WebDataset` (tar shards). A stream has no end: set trainer.max_steps.
             resolution: Side of the square training crop, in pixels; a multiple of the VQ downscale factor.
             center_crop: Crop the centre instead of a random square.
             random_flip: Flip half of the images horizontally.
@@ -79,11 +92,13 @@ class AmusedDataModule(L.LightningDataModule):
             aspect_buckets: Crop each training image to the token-grid shape nearest its aspect ratio, among shapes of
                 about the square's token count, instead of a square; every batch from one shape. Unset: squares.
                 Held-out samples stay centre-cropped squares.
+            shuffle_buffer: Records of a stream held at a time to shuffle them (besides each pass's shard order);
+                more mixes better and holds more encoded images in memory. Row sources ignore it.
         """
         super().__init__()
         self.save_hyperparameters(ignore="source")
         self.hparams["source"] = source.settings()
-        for name in ("resolution", "batch_size", "val_samples", "cache_crops"):
+        for name in ("resolution", "batch_size", "val_samples", "cache_crops", "shuffle_buffer"):
             if getattr(self.hparams, name) < 1:
                 raise DataSourceError(f"data.{name}={getattr(self.hparams, name)} must be positive")
         if num_workers < 0:
@@ -92,6 +107,9 @@ class AmusedDataModule(L.LightningDataModule):
             raise DataSourceError(f"data.cache={cache!r} is not one of {list(CACHE_MODES)}")
         if on_bad_image not in ON_BAD_IMAGE:
             raise DataSourceError(f"data.on_bad_image={on_bad_image!r} is not one of {list(ON_BAD_IMAGE)}")
+        if isinstance(source, StreamSource) and cache == "on":
+            raise DataSourceError(f"data.cache='on': a stream ({type(source).__name__}) is read pass by pass and never "
+                                  "held whole, so it cannot be pre-encoded; set data.cache: auto or off")
         self.source = source
         self.buckets = as_settings(AspectBuckets, aspect_buckets)
         self.encoders: FrozenEncoders | None = None
@@ -105,6 +123,7 @@ class AmusedDataModule(L.LightningDataModule):
         self._left_out = 0  # bad rows the scan left out
         self._replaced = 0  # draws that passed over a bad row, in this run and the runs it resumes
         self._logged_skipped: int | None = None
+        self._saved_readers: int | None = None  # the stream readers of the checkpoint resumed from
 
     def connect(self, encoders: FrozenEncoders) -> None:
         """Receive the model's tokenizer and frozen encoders: the cache is encoded with them and keyed by their
@@ -124,18 +143,39 @@ class AmusedDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         # One process per machine encodes the cache; the others read it in setup().
         self._check_connected()
-        if self.hparams.cache != "off":
+        if self.hparams.cache != "off" and not self.streamed:
             self._caches(build=True)
 
     def setup(self, stage: str) -> None:
         if self.train_dataset is not None:
             return
         self._check_connected()
+        if self.streamed:
+            self._setup_stream()
+            return
         train_cache, val_cache = self._caches(build=self.trainer is None or self.trainer.local_rank == 0)
         hp, split = self.hparams, self._split
         self.train_dataset = self._dataset(self.source, self._layout, train_cache, hp.center_crop, hp.random_flip)
         # Held-out samples are scored deterministically: centre-cropped squares, no flip, with or without buckets.
         self.val_dataset = self._dataset(split.held_out, square_layout(split.held_out_rows, hp.resolution), val_cache,
+                                         True, False)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the source is a stream (read pass by pass) rather than rows."""
+        return isinstance(self.source, StreamSource)
+
+    def _setup_stream(self) -> None:
+        """The stream's training batches, and its held-out records kept in memory."""
+        hp = self.hparams
+        if self.trainer is not None and self.trainer.max_steps < 0:
+            raise DataSourceError(f"data.source ({type(self.source).__name__}) is a stream, which has no end: set "
+                                  "trainer.max_steps")
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        crop_size = CropSize(hp.resolution, self._bucket_grids(), pixels_per_token(self.encoders.vqvae.config))
+        self.train_dataset, held_out = stream_training_data(self.source, hp, self.encoders.tokenizer, crop_size, rank,
+                                                            self._world_size())
+        self.val_dataset = self._dataset(held_out, square_layout(list(range(len(held_out))), hp.resolution), None,
                                          True, False)
 
     def _dataset(self, source: DataSource, layout: RowLayout, cache: TokenCache | None, center_crop: bool,
@@ -218,6 +258,8 @@ class AmusedDataModule(L.LightningDataModule):
         return self.trainer.world_size if self.trainer is not None else 1
 
     def train_dataloader(self) -> DataLoader:
+        if self.streamed:
+            return self._stream_dataloader()
         rank = self.trainer.global_rank if self.trainer is not None else 0
         sampler_class = ResumableSampler if self.buckets is None else BucketSampler
         self._sampler = sampler_class(self.train_dataset, self._world_size(), rank, seed=self.hparams.seed,
@@ -227,6 +269,19 @@ class AmusedDataModule(L.LightningDataModule):
         return DataLoader(self.train_dataset, batch_size=self.hparams.batch_size, sampler=self._sampler,
                           num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
+
+    def _stream_dataloader(self) -> DataLoader:
+        """The stream's batches, made whole in the readers (one crop size each)."""
+        hp = self.hparams
+        if self._resume is not None:
+            self._resume_stream()
+        return DataLoader(self.train_dataset, batch_size=None, num_workers=hp.num_workers,
+                          persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    def _resume_stream(self) -> None:
+        """Start the stream after the batches the checkpoint's run trained on (a count of all processes' draws)."""
+        check_same_readers(self._saved_readers, self._world_size(), self.hparams.num_workers)
+        self.train_dataset.resume_at(self._resume[1] // self._world_size() // self.hparams.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         keys = [(index, 0, index) for index in range(len(self.val_dataset))]
@@ -264,11 +319,16 @@ class AmusedDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, int]:
         if self._consumed is None:
             return {}
-        return {"epoch": self._consumed[0], "position": self._consumed[1], "replaced": self._replaced}
+        state = {"epoch": self._consumed[0], "position": self._consumed[1], "replaced": self._replaced}
+        return {**state, "readers": reader_count(self._world_size(), self.hparams.num_workers)} if self.streamed \
+            else state
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         if state_dict:
             self._resume = (state_dict["epoch"], state_dict["position"])
             self._replaced = state_dict.get("replaced", 0)
+            self._saved_readers = state_dict.get("readers")
             if self._sampler is not None:
                 self._sampler.resume_at(*self._resume)
+            if self.streamed and self.train_dataset is not None:
+                self._resume_stream()

@@ -33,7 +33,6 @@ from amused_lightning.data.captions import DATASET_COLUMN, Captions, caption_ind
 log = logging.getLogger(__name__)
 
 
-
 class DataSourceError(ValueError):
     """The configured training data cannot be used."""
 
@@ -46,17 +45,20 @@ class Split(NamedTuple):
     held_out_rows: list[int]
 
 
+def source_settings(source: object) -> dict:
+    """A source as a config entry: its class and the arguments it was made with (each kept as an attribute)."""
+    names = [name for name in inspect.signature(type(source)).parameters]
+    return {"class_path": f"{type(source).__module__}.{type(source).__qualname__}",
+            "init_args": {name: getattr(source, name) for name in names}}
+
+
 class DataSource(ABC):
     """Images with captions, indexed by row: `source[row] -> (PIL image, first caption)`."""
 
     identity: str
     """What the rows' contents depend on (path, split, file sizes and times ...): part of the cache key."""
 
-    def settings(self) -> dict:
-        """The source as a config entry: its class and the arguments it was made with."""
-        names = [name for name in inspect.signature(type(self)).parameters]
-        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-                "init_args": {name: getattr(self, name) for name in names}}
+    settings = source_settings
 
     @abstractmethod
     def __len__(self) -> int:
@@ -126,22 +128,28 @@ class HFDataset(DataSource):
     """Rows of a Hugging Face dataset (hub id, parquet/arrow/image folder, or save_to_disk folder)."""
 
     def __init__(self, path: str, split: str = "train", image_key: str = "image", prompt_key: str = "text",
-                 prompt_prefix: str | None = None, val_split: str | None = None):
+                 prompt_prefix: str | None = None, val_split: str | None = None, name: str | None = None,
+                 data_files: str | list[str] | dict[str, str | list[str]] | None = None, revision: str | None = None):
         """
         Args:
-            path: Hub id, or local folder of parquet/arrow files, an imagefolder, or a save_to_disk folder.
+            path: Hub id, or local folder of parquet/arrow files, an imagefolder, or a save_to_disk folder; or a
+                builder name ("parquet", "imagefolder", ...) with `data_files`.
             split: Split to train on.
             image_key: Column holding the images.
             prompt_key: Column holding the prompts.
             prompt_prefix: Text put before every prompt (for example "minecraft ").
             val_split: Split scored for the held-out loss. Unset: rows are held out of `split` (see data.val_samples).
+            name: The dataset's configuration (subset) name, as `load_dataset(name=...)`.
+            data_files: Files (paths, globs or hf:// paths) to read, as `load_dataset(data_files=...)`.
+            revision: Branch, tag or commit of a hub dataset.
         """
         self.path, self.split, self.image_key, self.prompt_key = path, split, image_key, prompt_key
         self.prompt_prefix, self.val_split = prompt_prefix, val_split
+        self.name, self.data_files, self.revision = name, data_files, revision
 
     @cached_property
     def rows(self) -> datasets.Dataset:
-        rows = open_hf_dataset(self.path, self.split)
+        rows = open_hf_dataset(self.path, self.split, self.name, self.data_files, self.revision)
         missing = [f"data.source.{name}={key!r}" for name, key in (("image_key", self.image_key),
                                                                    ("prompt_key", self.prompt_key))
                    if key not in rows.column_names]
@@ -168,8 +176,8 @@ class HFDataset(DataSource):
 
     @cached_property
     def identity(self) -> str:
-        return (f"dataset:{self.path}:{self.split}:{self.rows._fingerprint}:{self.image_key}:{self.prompt_key}:"
-                f"{self.prompt_prefix or ''}")
+        return (f"dataset:{self.path}:{self.name}:{self.split}:{self.rows._fingerprint}:{self.image_key}:"
+                f"{self.prompt_key}:{self.prompt_prefix or ''}")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -187,12 +195,13 @@ class HFDataset(DataSource):
         """With `val_split`, all of `split` trains and the first `val_samples` rows of `val_split` are scored."""
         if self.val_split is None:
             return super().split_rows(val_samples, seed, batch_size, world_size)
-        held_out = HFDataset(self.path, self.val_split, self.image_key, self.prompt_key, self.prompt_prefix)
+        held_out = HFDataset(**{**self.settings()["init_args"], "split": self.val_split, "val_split": None})
         return Split(self.usable_rows(), held_out, held_out.usable_rows()[:val_samples])
 
 
-def open_hf_dataset(path: str, split: str) -> datasets.Dataset:
-    """`load_from_disk` for a save_to_disk folder, else `load_dataset(path, split=split)`."""
+def open_hf_dataset(path: str, split: str, name: str | None = None, data_files=None,
+                    revision: str | None = None) -> datasets.Dataset:
+    """`load_from_disk` for a save_to_disk folder, else `load_dataset(path, name, data_files, revision, split)`."""
     local = Path(path).expanduser()
     if not local.exists() and not could_be_hub_id(path):
         raise DataSourceError(f"data.source.path={path!r}: no such folder ({local.absolute()})")
@@ -200,7 +209,7 @@ def open_hf_dataset(path: str, split: str) -> datasets.Dataset:
         if (local / "dataset_dict.json").exists() or (local / "state.json").exists():
             loaded = datasets.load_from_disk(str(local))
             return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        return datasets.load_dataset(path, split=split)
+        return datasets.load_dataset(path, name=name, data_files=data_files, revision=revision, split=split)
     except (ConnectionError, FileNotFoundError, KeyError, ValueError) as error:
         where = ("local folder" if local.exists() else
                  f"Hugging Face Hub dataset, as no folder {str(local.absolute())!r} exists (is the hub reachable?)")
