@@ -136,6 +136,9 @@ class AmusedCLI(LightningCLI):
 
     def before_fit(self) -> None:
         check_ckpt_path(self.config[self.subcommand].get("ckpt_path"))
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, FinalExport):
+                callback.check_push_first()  # before a long data scan or cache build, not after
         folder = Path(self.config_init[self.subcommand]["checkpoint"].dirpath)
         existing = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
         if existing and self.config[self.subcommand].get("ckpt_path") is None:

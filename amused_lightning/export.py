@@ -28,6 +28,7 @@ from amused_lightning.hub import HubError, check_push, check_repo_id, push_expor
 from amused_lightning.model_card import CARD_NAME, SAMPLES_NAME, CardFacts, card_facts, run_record, write_card
 from amused_lightning.optim import class_path
 from amused_lightning.pipeline import CHECKPOINT_MARK, ModelSpec, TrainedPipeline
+from amused_lightning.run_lock import is_first_process
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +203,18 @@ class FinalExport(L.Callback):
                 self._kept(trainer)
             self._check_push(trainer)
 
+    def check_push_first(self) -> None:
+        """Before the data is read (the CLI calls it before fit): the first process asks the Hub once."""
+        if self.enabled and self.push_to_hub is not None and is_first_process():
+            self._token = check_push(self.push_to_hub, None, "export.push_to_hub")
+
     def _check_push(self, trainer: L.Trainer) -> None:
-        """Before any step: process 0 asks the Hub, and every process stops with its answer if a push cannot work."""
+        """Before any step: process 0 asks the Hub (unless it did before the fit), and every process stops with its
+        answer if a push cannot work."""
         if self.push_to_hub is None:
             return
         problem = None
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self._token is None:
             try:
                 self._token = check_push(self.push_to_hub, None, "export.push_to_hub")
             except HubError as error:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from amused_lightning.config_file import CommandParser, add_config_argument, parse_with_config
 from amused_lightning.formats import WEIGHT_CHOICES
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m amused_lightning export", description=__doc__,
+    parser = CommandParser(prog="python -m amused_lightning export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a .ckpt written by `fit`")
-    parser.add_argument("output", type=Path, help="folder to write the LoRA file and pipeline into")
+    parser.add_argument("checkpoint", nargs="?", help="a .ckpt written by `fit` (or `checkpoint:` in --config)")
+    parser.add_argument("output", type=Path, nargs="?",
+                        help="folder to write the LoRA file and pipeline into (or `output:` in --config)")
     parser.add_argument("--weights", choices=WEIGHT_CHOICES, default=None,
                         help="EMA or raw trained weights (default: ema when the run kept one)")
     parser.add_argument("--merge-lora", action="store_true",
@@ -32,7 +34,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     visibility.add_argument("--public", dest="private", action="store_false", help="create the repo public")
     hub.add_argument("--hub-token", default=None,
                      help="token with write access (default: HF_TOKEN, then the login cached by `hf auth login`)")
-    return parser.parse_args(argv)
+    add_config_argument(parser)
+    args = parse_with_config(parser, argv)
+    for name in ("checkpoint", "output"):
+        if getattr(args, name) is None:
+            parser.error(f"the {name} is missing (give it on the command line or as `{name}:` in --config)")
+    args.output = Path(args.output)
+    return args
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

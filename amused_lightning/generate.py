@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from amused_lightning.config_file import CommandParser, add_config_argument, parse_with_config
 from amused_lightning.errors import ExistingOutputError, SettingError
 from amused_lightning.formats import LORA_WEIGHT_NAME, WEIGHT_CHOICES
 
@@ -88,9 +89,9 @@ def image_size(args: argparse.Namespace, pipeline: TrainedPipeline) -> tuple[int
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m amused_lightning generate", description=__doc__,
+    parser = CommandParser(prog="python -m amused_lightning generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("prompts", nargs="+", help="one or more prompts")
+    parser.add_argument("prompts", nargs="*", help="one or more prompts (or `prompts:` in --config)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the PNGs")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a .ckpt written by fit")
@@ -114,7 +115,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "(inpainting)")
     parser.add_argument("--strength", type=float, default=None, help="with --image: share of the decoding steps "
                         "that redraw it, in (0, 1] (default 0.5, or 1 with --mask)")
-    args = parser.parse_args(argv)
+    add_config_argument(parser)
+    args = parse_with_config(parser, argv)
+    if not args.prompts:
+        parser.error("give one or more prompts (or a `prompts:` list in --config)")
     if args.lora and not args.pretrained:
         parser.error("--lora goes with --pretrained")
     if args.weights and not args.checkpoint:

@@ -1,11 +1,14 @@
+import argparse
+
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from amused_lightning.export_command import main as export_main
 from amused_lightning.generate import main as generate_main
 
-from helpers import fit
+from helpers import fails_with, fit
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +54,9 @@ def test_generate_options_and_no_overwrite(run, tmp_path):
 
 
 def test_generate_rejects_bad_arguments(tmp_path):
-    with pytest.raises(SystemExit):
+    with pytest.raises(argparse.ArgumentError, match="--lora goes with --pretrained"):
         generate_main(["a cat", "-o", str(tmp_path), "--pipeline", "x", "--lora", "y"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(argparse.ArgumentError, match="--num-images 0 must be at least 1"):
         generate_main(["a cat", "-o", str(tmp_path), "--pretrained", "tiny", "--num-images", "0"])
     with pytest.raises(ValueError, match="num_inference_steps=0"):
         generate_main(["a cat", "-o", str(tmp_path), "--pretrained", "tiny", "--steps", "0"])
@@ -66,3 +69,22 @@ def test_export_of_text_encoder_lora_round_trips(run, tmp_path):
     raw = generate_main(["a pixel art character", "-o", str(tmp_path / "r"), "--checkpoint",
                          str(run / "checkpoints" / "last.ckpt"), "--steps", "3", "--weights", "trained"])
     assert np.abs(pixels(merged[0]).astype(int) - pixels(raw[0]).astype(int)).max() <= 1
+
+
+def test_generate_and_export_read_a_config_file_that_the_command_line_overrides(run, tmp_path, capsys):
+    config = tmp_path / "generate.yaml"
+    config.write_text(yaml.safe_dump({"prompts": ["a cat", "a dog"], "pretrained": "tiny", "guidance-scale": 3.0,
+                                      "output": str(tmp_path / "a"), "steps": 2, "resolution": 32, "overwrite": True}))
+    from_file = generate_main(["--config", str(config)])
+    same = generate_main(["a cat", "a dog", "-o", str(tmp_path / "b"), "--pretrained", "tiny", "--guidance-scale",
+                          "3", "--steps", "2", "--resolution", "32"])
+    assert [pixels(p).tolist() for p in from_file] == [pixels(p).tolist() for p in same]
+    overridden = generate_main(["--config", str(config), "a bird", "--seed", "3", "-o", str(tmp_path / "c")])
+    assert [p.name for p in overridden] == ["000-00-a-bird.png"]
+    (tmp_path / "bad.yaml").write_text("guidance: 3\n")
+    line = fails_with(capsys, "generate", "--config", str(tmp_path / "bad.yaml"))
+    assert "'guidance' is no setting of this command" in line and "guidance-scale" in line
+    (tmp_path / "export.yaml").write_text(yaml.safe_dump({"checkpoint": str(run / "checkpoints" / "last.ckpt"),
+                                                         "output": str(tmp_path / "export"), "weights": "trained"}))
+    written = export_main(["--config", str(tmp_path / "export.yaml")])
+    assert written and all(str(path).startswith(str(tmp_path / "export")) for path in written)

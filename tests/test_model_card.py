@@ -115,6 +115,9 @@ def test_fit_checks_the_push_before_training(capsys, tmp_path, toy_dataset, monk
                                         "--export.push_to_hub", "me/x"))
     assert "export.push_to_hub='me/x': HF_HUB_OFFLINE is set" in line, line
     assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "export").exists(), "no step trained"
+    # Before the data is even opened (a large dataset's scan or cache build would come first otherwise).
+    line = fails_with(capsys, *tiny_fit(tmp_path / "b", tmp_path / "no-data", "--export.push_to_hub", "me/x"))
+    assert "HF_HUB_OFFLINE is set" in line, line
 
 
 class FakeHub(BaseHTTPRequestHandler):
