@@ -23,6 +23,7 @@ from amused_lightning.data import HFDataset, HFStream, WebDataset
 from amused_lightning.data.bad_data import BadImageError
 from amused_lightning.data.stream_dataset import Readers, buffer_shuffled, reader_pass, reader_records, shuffled_pass
 from amused_lightning.data.streams import held_out_records
+from amused_lightning.data.webdataset import expand_braces
 
 from helpers import connected, fails_with, scalars, transformer_weights
 from make_toy_dataset import build, write_tar
@@ -224,3 +225,12 @@ def test_check_data_reports_the_start_of_a_stream(shards, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "is a stream of 4 shards: this report covers its first 25 records" in out
     assert report.total == 25 and not report.skipped and (tmp_path / "p.png").exists()
+
+
+def test_shard_lists_take_globs_brace_ranges_and_lists(shards):
+    assert expand_braces("a/{008..011}.tar") == ["a/008.tar", "a/009.tar", "a/010.tar", "a/011.tar"]
+    assert expand_braces("{x,y}-{1..2}") == ["x-1", "x-2", "y-1", "y-2"]
+    folder = shards / "wds"
+    by_range = WebDataset(str(folder / "shard-{00001..00003}.tar")).files
+    by_list = WebDataset([str(folder / "shard-00001.tar"), str(folder / "shard-0000[23].tar")]).files
+    assert by_range == by_list == [str(folder / f"shard-0000{k}.tar") for k in (1, 2, 3)]

@@ -11,6 +11,7 @@ import glob
 import logging
 import os
 import posixpath
+import re
 import tarfile
 from collections.abc import Iterator
 from functools import cached_property
@@ -33,8 +34,8 @@ class WebDataset(StreamSource):
                  prompt_prefix: str | None = None, val_shards: str | list[str] | None = None):
         """
         Args:
-            shards: Tar files: paths, globs ("data/shard-*.tar"), URLs fsspec opens ("hf://datasets/<id>/*.tar"),
-                or a hub dataset id (all its .tar files).
+            shards: Tar files: paths, globs ("data/shard-*.tar"), brace ranges ("data/{00000..00099}.tar"), URLs
+                fsspec opens ("hf://datasets/<id>/*.tar"), or a hub dataset id (all its .tar files).
             image_key: Extensions of the image files, separated by ";": the first one a sample has is its image.
             prompt_key: Extension of the caption file; one caption per line (a draw trains on one line).
             prompt_prefix: Text put before every caption.
@@ -51,7 +52,7 @@ class WebDataset(StreamSource):
     def files(self) -> list[str]:
         """Every shard's path or URL, each pattern's matches in sorted order."""
         patterns = [self.shards] if isinstance(self.shards, str) else list(self.shards)
-        return [file for pattern in patterns for file in self._matches(pattern)]
+        return [file for pattern in patterns for expanded in expand_braces(pattern) for file in self._matches(expanded)]
 
     def _matches(self, pattern: str) -> list[str]:
         local = os.path.expanduser(pattern)
@@ -101,6 +102,24 @@ class WebDataset(StreamSource):
         if self.val_shards is None:
             return None
         return WebDataset(self.val_shards, self.image_key, self.prompt_key, self.prompt_prefix)
+
+
+BRACES = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """WebDataset's shard notation: `{000..099}` (a range, zero-padded as written) and `{a,b}` expanded, in order."""
+    found = BRACES.search(pattern)
+    if found is None:
+        return [pattern]
+    inside, head, tail = found.group(1), pattern[:found.start()], pattern[found.end():]
+    bounds = re.fullmatch(r"(\d+)\.\.(\d+)", inside)
+    if bounds:
+        first, last = bounds.groups()
+        choices = [str(n).zfill(len(first)) for n in range(int(first), int(last) + 1)]
+    else:
+        choices = inside.split(",")
+    return [expanded for choice in choices for expanded in expand_braces(head + choice + tail)]
 
 
 def tar_samples(url: str, wanted: set[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
