@@ -27,7 +27,8 @@ class LoraSettings:
     dropout: float = 0.0
     """Dropout on the adapter's input."""
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v"])
-    """Names (last component) of the linear layers that get an adapter."""
+    """Linear layers that get an adapter, as peft matches them: last name components ("to_q"), or ends of full names
+    ("attn2.to_k": the cross-attention's only)."""
     use_dora: bool = False
     """DoRA: also train a magnitude per output feature of each adapted layer (peft's use_dora)."""
     use_rslora: bool = False
@@ -39,7 +40,7 @@ class TextEncoderLoraSettings(LoraSettings):
     """LoRA on the CLIP text encoder, aimed at CLIP's own attention projections."""
 
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
-    """Names (last component) of CLIP's linear layers that get an adapter."""
+    """CLIP's linear layers that get an adapter: last name components, or ends of full names."""
 
 
 def lora_config(settings: LoraSettings) -> LoraConfig:
@@ -54,8 +55,11 @@ def check_lora_settings(settings: LoraSettings, model: nn.Module, setting: str) 
     if settings.r < 1 or settings.alpha <= 0 or not 0.0 <= settings.dropout < 1.0:
         raise SettingError(f"{setting}: r={settings.r} must be >= 1, alpha={settings.alpha} > 0 and "
                            f"dropout={settings.dropout} in [0, 1)")
-    linear_names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
-    unmatched = [target for target in settings.target_modules if target not in linear_names]
+    linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    linear_names = {name.rsplit(".", 1)[-1] for name in linear}
+    # As peft matches them: a target is a layer's full name or its end after a dot ("to_k", "attn2.to_k").
+    unmatched = [target for target in settings.target_modules
+                 if not any(name == target or name.endswith(f".{target}") for name in linear)]
     if unmatched or not settings.target_modules:
         raise SettingError(f"{setting}.target_modules={list(settings.target_modules)}: {unmatched or 'empty'} "
                            f"match no linear layer; choose among {sorted(linear_names)}")

@@ -23,6 +23,11 @@ def test_transformer_lora_trains_only_adapters():
 def test_lora_targets_that_match_nothing_are_rejected():
     with pytest.raises(ValueError, match=r"model.lora.target_modules=\['to_q', 'nope'\]: \['nope'\] match no"):
         AmusedModule(lora=LoraSettings(target_modules=["to_q", "nope"]))
+    with pytest.raises(ValueError, match=r"\['attn3.to_k'\] match no"):
+        AmusedModule(lora=LoraSettings(target_modules=["attn2.to_k", "attn3.to_k"]))
+    # Ends of full names, as peft matches them: only the cross-attention's keys.
+    trained = AmusedModule(lora=LoraSettings(target_modules=["attn2.to_k"])).trained_state_keys()
+    assert trained and all(".attn2.to_k.lora_" in key for key in trained)
     with pytest.raises(ValueError, match=r"model.text_encoder.lora.target_modules=\['to_q'\]"):
         AmusedModule(text_encoder=TextEncoderArgs(train=True, lora=TextEncoderLoraSettings(target_modules=["to_q"])))
 
