@@ -92,6 +92,11 @@ def measure(folder: Path, what: str, amount: int) -> dict:
     return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def disk_mb(folder: Path) -> float:
+    """Megabytes of the shards in `folder`."""
+    return sum(path.stat().st_size for path in folder.glob("*.tar")) / 1e6
+
+
 def in_fresh_process(folder: Path, what: str, amount: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--measure", what, str(folder), str(amount)], check=True,
                          capture_output=True, text=True).stdout
@@ -124,24 +129,24 @@ def main() -> None:
     reads = {name: in_fresh_process(args.folder / name, "read", count) for name, count in sizes.items()}
     batches = in_fresh_process(args.folder / "large", "batches", args.batches)
     replay = in_fresh_process(args.folder / "large", "replay", args.large)
-    shard_mb = sum(p.stat().st_size for p in (args.folder / "large").glob("*.tar")) / 1e6 / args.large
+    shard_mb = disk_mb(args.folder / "large") / args.large
     lines = [
         f"`python scripts/stream_benchmark.py` on {datetime.date.today()}, {os.cpu_count()} CPU cores "
         f"({platform.machine()}, load average {os.getloadavg()[0]:.1f} at the end), local disk. Data: random 128 px "
         f"JPEGs ({shard_mb * 1000:.0f} kB each) with captions, WebDataset shards of {SHARD_RECORDS}; shuffle buffer "
         f"{SHUFFLE_BUFFER}; each figure from a fresh process.", "",
         "| measurement | result |", "|---|---|",
-        *[f"| every record of {sizes[name]:,} read through the shuffle buffer | peak resident memory "
-          f"{reads[name]['peak_rss_mb']:.0f} MB ({sizes[name] / reads[name]['seconds']:,.0f} records/s) |"
-          for name in sizes],
+        *[f"| every record of {sizes[name]:,} ({disk_mb(args.folder / name):.0f} MB of shards) read through the "
+          f"shuffle buffer | peak resident memory {reads[name]['peak_rss_mb']:.0f} MB (the process, imports "
+          f"included; {sizes[name] / reads[name]['seconds']:,.0f} records/s) |" for name in sizes],
         f"| training batches of 8, decoded, cropped, tokenized (`data.num_workers 0`) | "
         f"{args.batches * 8 / batches['seconds']:,.0f} samples/s |",
         f"| resume replay: {args.large:,} records read and batched, none decoded | "
         f"{args.large / replay['seconds']:,.0f} records/s ({replay['seconds']:.1f} s) |", "",
         "Memory holds the shuffle buffer's encoded images, not the dataset: ten times the records, about the same "
         "peak. A resume replays the records read since the run began; at the rate above, a million records of this "
-        "size take about " f"{1e6 / (args.large / replay['seconds']) / 60:.0f} minutes per loader worker, who replay "
-        "their shares side by side (remote shards: the download time instead).",
+        f"size take about {1e6 / (args.large / replay['seconds']) / 60:.1f} minutes for one reader; loader workers "
+        "replay their shares side by side (remote shards: the download time instead).",
     ]
     publish(lines)
     print("\n".join(lines))
