@@ -27,19 +27,31 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """`parser.parse_args(argv)` with the settings of a `--config` file in front of the command line; positionals
-    the command line leaves empty are taken from the file."""
+    """`parser.parse_args(argv)` with the settings of a `--config` file in front of the command line; a setting the
+    command line gives (or another of its mutually exclusive group) replaces the file's, and positionals the command
+    line leaves empty are taken from the file."""
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--config", type=Path, default=None)
     known, _ = first.parse_known_args(argv)
     if known.config is None:
         return parser.parse_args(argv)
-    tokens, positionals = config_tokens(parser, known.config)
+    tokens, positionals = config_tokens(parser, known.config, given_dests(parser, argv))
     args = parser.parse_args([*tokens, *argv])
     for dest, value in positionals.items():
         if getattr(args, dest) in (None, []):
             setattr(args, dest, value)
     return args
+
+
+def given_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations the options in `argv` set, with the others of their mutually exclusive groups."""
+    flags = {token.split("=", 1)[0] for token in argv if token.startswith("-")}
+    given = {action.dest for action in parser._actions if flags & set(action.option_strings)}
+    for group in parser._mutually_exclusive_groups:
+        dests = {action.dest for action in group._group_actions}
+        if dests & given:
+            given |= dests
+    return given
 
 
 def read_config(path: Path) -> dict:
@@ -54,9 +66,10 @@ def read_config(path: Path) -> dict:
     return values
 
 
-def config_tokens(parser: argparse.ArgumentParser, path: Path) -> tuple[list[str], dict]:
-    """The file's options as command-line tokens, and its positional values by destination."""
-    actions = {}
+def config_tokens(parser: argparse.ArgumentParser, path: Path, skip: set[str]) -> tuple[list[str], dict]:
+    """The file's options as command-line tokens (leaving out the destinations in `skip`), and its positional values
+    by destination; an unset (null) value is left out."""
+    actions: dict[str, list[argparse.Action]] = {}
     for action in parser._actions:
         actions.setdefault(action.dest, []).append(action)
     tokens, positionals = [], {}
@@ -65,13 +78,26 @@ def config_tokens(parser: argparse.ArgumentParser, path: Path) -> tuple[list[str
         if dest not in actions or dest in ("help", "config"):
             names = sorted(d.replace("_", "-") for d in actions if d not in ("help", "config"))
             raise SettingError(f"--config {str(path)!r}: {key!r} is no setting of this command ({', '.join(names)})")
-        first = actions[dest][0]
-        if not first.option_strings:
-            positionals[dest] = [str(v) for v in value] if isinstance(value, list) else str(value)
-        elif isinstance(first, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            tokens += [next(a for a in actions[dest] if a.const == bool(value)).option_strings[-1]] \
-                if any(a.const == bool(value) for a in actions[dest]) else []
+        if value is None or dest in skip:
+            continue
+        values = setting_values(actions[dest][0], value, f"--config {str(path)!r}: {key}")
+        if not actions[dest][0].option_strings:
+            positionals[dest] = values if actions[dest][0].nargs in ("*", "+") else values[0]
+        elif isinstance(actions[dest][0], (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            tokens += [a.option_strings[-1] for a in actions[dest] if a.const is value][:1]
         else:
-            values = value if isinstance(value, list) else [value]
-            tokens += [first.option_strings[-1], *(str(v) for v in values)]
+            tokens += [actions[dest][0].option_strings[-1], *values]
     return tokens, positionals
+
+
+def setting_values(action: argparse.Action, value: object, name: str) -> list:
+    """A file's value for `action` as command-line words: a list only where it takes several; a switch's only as
+    true or false."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise SettingError(f"{name}={value!r} must be true or false")
+        return [value]
+    several = action.nargs in ("*", "+")
+    if isinstance(value, list) and not several:
+        raise SettingError(f"{name}={value!r} takes one value, not a list")
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]

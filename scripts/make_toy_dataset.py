@@ -28,15 +28,18 @@ from amused_lightning.toy_world import GRID, WORLDS, draw_character, evaluation_
 
 def build(output: Path, num_images: int, size: int, seed: int, world: str = "all",
           exclude: frozenset[str] = frozenset(), prior_images: int = 0, shards: int = 1,
-          format: str = "parquet") -> list[Path]:
+          file_format: str = "parquet") -> list[Path]:
     """Write `num_images` characters of `world`, then `prior_images` of the base world, in `shards` files:
-    output/data/train-0000K-of-0000N.parquet, or output/shard-0000K.tar (WebDataset). Returns the files."""
+    output/data/train-0000K-of-0000N.parquet, or output/shard-0000K.tar (WebDataset), replacing the files an earlier
+    run wrote there (which the loaders would read too). Returns the files."""
     characters = sample_characters(num_images, seed, world, held_out(world, exclude))
     # Another seed for the prior images, so they do not depend on how many of the world's draws were taken.
     characters += sample_characters(prior_images, seed + 1, "base", held_out("base", exclude))
     images, captions = [draw_character(c, size) for c in characters], [c.caption() for c in characters]
     parts = [range(k * len(characters) // shards, (k + 1) * len(characters) // shards) for k in range(shards)]
-    if format == "webdataset":
+    for stale in [*output.glob("shard-*.tar"), *output.glob("data/train-*-of-*.parquet")]:
+        stale.unlink()
+    if file_format == "webdataset":
         return [write_tar(output / f"shard-{k:05d}.tar", [(f"{i:06d}", images[i], captions[i]) for i in part])
                 for k, part in enumerate(parts)]
     features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})

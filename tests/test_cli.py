@@ -66,7 +66,8 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, toy_dataset):
 
 def test_quickstart_config_values():
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml").read_text())
-    assert config["model"]["pretrained"] == "toy" and config["model"]["lora"]["r"] == 16
+    assert config["model"]["pretrained"] == "toy" and config["model"]["lora"]["r"] == 32
+    assert all(target.startswith("attn2.") for target in config["model"]["lora"]["target_modules"])
 
 
 def test_one_command_table_lists_every_command_and_only_those(capsys):

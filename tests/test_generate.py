@@ -81,9 +81,15 @@ def test_generate_and_export_read_a_config_file_that_the_command_line_overrides(
     assert [pixels(p).tolist() for p in from_file] == [pixels(p).tolist() for p in same]
     overridden = generate_main(["--config", str(config), "a bird", "--seed", "3", "-o", str(tmp_path / "c")])
     assert [p.name for p in overridden] == ["000-00-a-bird.png"]
-    (tmp_path / "bad.yaml").write_text("guidance: 3\n")
-    line = fails_with(capsys, "generate", "--config", str(tmp_path / "bad.yaml"))
-    assert "'guidance' is no setting of this command" in line and "guidance-scale" in line
+    # One prompt as a scalar; the file's model source replaced by another of its group on the command line.
+    config.write_text(yaml.safe_dump({"prompts": "a cat", "pipeline": "no-such-folder", "output": str(tmp_path / "d"),
+                                      "steps": 2, "resolution": 32, "lora": None}))
+    assert [p.name for p in generate_main(["--config", str(config), "--pretrained", "tiny"])] == ["000-00-a-cat.png"]
+    for text, error in (("guidance: 3\n", "'guidance' is no setting of this command"),
+                        ("output: [a, b]\n", "output=['a', 'b'] takes one value, not a list"),
+                        ("overwrite: 'no'\n", "overwrite='no' must be true or false")):
+        (tmp_path / "bad.yaml").write_text(text)
+        assert error in fails_with(capsys, "generate", "--config", str(tmp_path / "bad.yaml"))
     (tmp_path / "export.yaml").write_text(yaml.safe_dump({"checkpoint": str(run / "checkpoints" / "last.ckpt"),
                                                          "output": str(tmp_path / "export"), "weights": "trained"}))
     written = export_main(["--config", str(tmp_path / "export.yaml")])

@@ -4,6 +4,7 @@ its own share, resumed exactly."""
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import tarfile
 import tracemalloc
@@ -21,6 +22,7 @@ from amused_lightning.check_data import main as check_data
 from amused_lightning.cli import cli_main
 from amused_lightning.data import HFDataset, HFStream, WebDataset
 from amused_lightning.data.bad_data import BadImageError
+from amused_lightning.data.sources import DataSourceError
 from amused_lightning.data.stream_dataset import Readers, buffer_shuffled, reader_pass, reader_records, shuffled_pass
 from amused_lightning.data.streams import held_out_records
 from amused_lightning.data.webdataset import expand_braces
@@ -35,7 +37,7 @@ load = datasets.load_dataset
 def shards(tmp_path_factory) -> Path:
     """The same 40 toy images at 48 px as 4 tar shards (folder `wds`) and as 4 parquet files (folder `parquet`)."""
     root = tmp_path_factory.mktemp("streams")
-    build(root / "wds", num_images=40, size=48, seed=3, shards=4, format="webdataset")
+    build(root / "wds", num_images=40, size=48, seed=3, shards=4, file_format="webdataset")
     build(root / "parquet", num_images=40, size=48, seed=3, shards=4)
     return root
 
@@ -145,7 +147,7 @@ def test_a_streamed_fit_with_loader_workers_resumes_exactly(shards, tmp_path, ca
     assert [s for s, _ in scalars(tmp_path / "resumed", "train/loss")] == list(range(3, 11))
     line = fails_with(capsys, "fit", *stream_fit_args(tmp_path / "other", data), "--ckpt_path", str(step_3),
                       "--data.num_workers", "3", "--trainer.max_steps", "11")
-    assert "read by 2 readers" in line and "data.num_workers" in line
+    assert "read by 1 processes x 2 workers in batches of 4, this run reads it by 1 x 3" in line, line
 
 
 def stream_fit_args(root: Path, data: Path) -> list[str]:
@@ -234,3 +236,22 @@ def test_shard_lists_take_globs_brace_ranges_and_lists(shards):
     by_range = WebDataset(str(folder / "shard-{00001..00003}.tar")).files
     by_list = WebDataset([str(folder / "shard-00001.tar"), str(folder / "shard-0000[23].tar")]).files
     assert by_range == by_list == [str(folder / f"shard-0000{k}.tar") for k in (1, 2, 3)]
+
+
+def test_unreadable_shards_are_passed_over_and_a_pass_with_nothing_usable_stops(tmp_path, caplog):
+    noise_tar(tmp_path / "good.tar", 3, seed=0)
+    (tmp_path / "junk.tar").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer, not a tar
+    source = WebDataset([str(tmp_path / "good.tar"), str(tmp_path / "junk.tar")])
+    assert [len(list(source.records(shard))) for shard in (0, 1)] == [3, 0]
+    assert "junk.tar cannot be read on" in caplog.text
+    with pytest.raises(DataSourceError, match="'data/missing.tar' matches no file"):
+        WebDataset("data/missing.tar").files  # a missing file, not a hub id
+    write_tar(tmp_path / "uncaptioned.tar", [])
+    with tarfile.open(tmp_path / "uncaptioned.tar", "a") as tar:  # images without their .txt
+        for key in ("a", "b"):
+            info = tarfile.TarInfo(f"{key}.png")
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"png"))
+    records = reader_records(WebDataset(str(tmp_path / "uncaptioned.tar")), Readers(0, 1, 0, 1), 0, frozenset())
+    with pytest.raises(BadImageError, match="found no training record"):
+        list(itertools.islice(records, 100))

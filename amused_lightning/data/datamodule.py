@@ -30,7 +30,7 @@ from amused_lightning.data.cache import CacheBuilder, CacheSpec, TokenCache
 from amused_lightning.data.datasets import REPLACED, CachedDataset, PixelDataset
 from amused_lightning.data.sampler import ResumableSampler
 from amused_lightning.data.sources import DataSource, DataSourceError, Split
-from amused_lightning.data.stream_dataset import check_same_readers, reader_count, stream_training_data
+from amused_lightning.data.stream_dataset import StreamLayout, check_same_layout, stream_training_data
 from amused_lightning.data.streams import StreamSource
 from amused_lightning.encoding import FrozenEncoders, pixels_per_token
 
@@ -123,7 +123,7 @@ class AmusedDataModule(L.LightningDataModule):
         self._left_out = 0  # bad rows the scan left out
         self._replaced = 0  # draws that passed over a bad row, in this run and the runs it resumes
         self._logged_skipped: int | None = None
-        self._saved_readers: int | None = None  # the stream readers of the checkpoint resumed from
+        self._saved_layout: dict | None = None  # how the checkpoint's run read its stream
 
     def connect(self, encoders: FrozenEncoders) -> None:
         """Receive the model's tokenizer and frozen encoders: the cache is encoded with them and keyed by their
@@ -280,8 +280,15 @@ class AmusedDataModule(L.LightningDataModule):
 
     def _resume_stream(self) -> None:
         """Start the stream after the batches the checkpoint's run trained on (a count of all processes' draws)."""
-        check_same_readers(self._saved_readers, self._world_size(), self.hparams.num_workers)
+        if self._saved_layout is None:
+            log.warning("the checkpoint was written by a run that read rows, not a stream: the stream starts from "
+                        "its beginning")
+            return
+        check_same_layout(self._saved_layout, self._stream_layout())
         self.train_dataset.resume_at(self._resume[1] // self._world_size() // self.hparams.batch_size)
+
+    def _stream_layout(self) -> StreamLayout:
+        return StreamLayout.of(self._world_size(), self.hparams.num_workers, self.hparams.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         keys = [(index, 0, index) for index in range(len(self.val_dataset))]
@@ -320,14 +327,13 @@ class AmusedDataModule(L.LightningDataModule):
         if self._consumed is None:
             return {}
         state = {"epoch": self._consumed[0], "position": self._consumed[1], "replaced": self._replaced}
-        return {**state, "readers": reader_count(self._world_size(), self.hparams.num_workers)} if self.streamed \
-            else state
+        return {**state, "stream": self._stream_layout()._asdict()} if self.streamed else state
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         if state_dict:
             self._resume = (state_dict["epoch"], state_dict["position"])
             self._replaced = state_dict.get("replaced", 0)
-            self._saved_readers = state_dict.get("readers")
+            self._saved_layout = state_dict.get("stream")
             if self._sampler is not None:
                 self._sampler.resume_at(*self._resume)
             if self.streamed and self.train_dataset is not None:

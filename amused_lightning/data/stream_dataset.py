@@ -96,7 +96,7 @@ def reader_records(source: StreamSource, readers: Readers, seed: int,
     for pass_number in itertools.count():
         found = False
         for record in reader_pass(source, readers, seed, pass_number, excluded):
-            found = True
+            found = found or record.light_problem() is None  # one that can take a place in a batch
             yield record
         if not found:
             shards = reader_shards(source.shard_count, readers)[0]
@@ -187,7 +187,7 @@ class StreamDataset(IterableDataset):
             lines = record.captions.lines
             sample[INPUT_IDS] = tokenize_prompts(self.tokenizer, [lines[caption_index(len(lines), seed, 0)]])[0]
             sample[POSITION] = number * self.batch_size + i
-            sample[REPLACED] = batch.passed_over + replaced if i == 0 else 0
+            sample[REPLACED] = (batch.passed_over + replaced) if i == 0 else 0
             samples.append(sample)
         return default_collate(samples)
 
@@ -227,15 +227,24 @@ def stream_training_data(source: StreamSource, settings, tokenizer, crop_size: C
     return training, RecordList(held_out, f"{source.describe()} held out")
 
 
-def reader_count(world_size: int, num_workers: int) -> int:
-    """How many (process, loader worker) pairs read a stream."""
-    return world_size * max(1, num_workers)
+class StreamLayout(NamedTuple):
+    """What a stream's order depends on besides the seed: processes, loader workers each, samples per batch."""
+
+    processes: int
+    workers: int
+    batch_size: int
+
+    @classmethod
+    def of(cls, world_size: int, num_workers: int, batch_size: int) -> StreamLayout:
+        return cls(world_size, max(1, num_workers), batch_size)
 
 
-def check_same_readers(saved: int | None, world_size: int, num_workers: int) -> None:
-    """A stream resumes exactly only when as many processes and workers read it as in the checkpoint's run."""
-    if saved is not None and saved != reader_count(world_size, num_workers):
+def check_same_layout(saved: dict | None, now: StreamLayout) -> None:
+    """A stream resumes exactly only when read by as many processes and workers, in batches as large, as in the
+    checkpoint's run."""
+    if saved is not None and StreamLayout(**saved) != now:
         raise DataSourceError(
-            f"the checkpoint's stream was read by {saved} readers (processes x data.num_workers), this run has "
-            f"{reader_count(world_size, num_workers)} ({world_size} x {max(1, num_workers)}): a stream's order "
-            "depends on them, so resume with the same trainer.devices, trainer.num_nodes and data.num_workers")
+            f"the checkpoint's stream was read by {saved['processes']} processes x {saved['workers']} workers in "
+            f"batches of {saved['batch_size']}, this run reads it by {now.processes} x {now.workers} in batches of "
+            f"{now.batch_size}: a stream's order depends on them, so resume with the same trainer.devices, "
+            "trainer.num_nodes, data.num_workers and data.batch_size")

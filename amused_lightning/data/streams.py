@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import datasets
+import fsspec
 
 from amused_lightning.data.bad_data import ImageData, image_problem, prompt_problem
 from amused_lightning.data.captions import DATASET_COLUMN, Captions
@@ -108,8 +109,8 @@ class HFStream(StreamSource):
         columns = stream.column_names
         if columns is not None:  # some builders only know their columns once a record is read
             check_columns(self, columns)
-        for key in self.image_keys:
-            if columns is None or key in columns:
+        for key in self.image_keys if columns is not None else ():  # unknown columns are not typed as images
+            if key in columns:
                 stream = stream.cast_column(key, datasets.Image(decode=False))
         return stream
 
@@ -130,7 +131,11 @@ class HFStream(StreamSource):
 
     def _image(self, row: dict) -> ImageData | None:
         stored = next((row[key] for key in self.image_keys if row.get(key) is not None), None)
-        return _image_data(stored) if isinstance(stored, dict) else stored
+        image = _image_data(stored) if isinstance(stored, dict) else stored
+        if isinstance(image, str) and "://" in image:  # a hub dataset's image, by its URL: read it now
+            with fsspec.open(image, "rb") as file:
+                return file.read()
+        return image
 
     def _captions(self, row: dict) -> Captions:
         prompt = row.get(self.prompt_key)
@@ -162,7 +167,7 @@ def open_stream(path: str, split: str, name: str | None, data_files, revision: s
     try:
         stream = datasets.load_dataset(path, name=name, data_files=data_files, revision=revision, split=split,
                                        streaming=True)
-    except (ConnectionError, FileNotFoundError, KeyError, ValueError, IndexError) as error:
+    except (OSError, KeyError, ValueError, IndexError) as error:  # OSError: the Hub's HTTP errors and missing files
         raise DataSourceError(f"{shown}: could not open it as a stream: {error}. Local files (parquet, arrow, tar "
                               "shards) work offline; a hub id needs the network.") from error
     if not isinstance(stream, datasets.IterableDataset):
@@ -209,8 +214,8 @@ def first_records(source: StreamSource, count: int) -> Iterator[Record]:
         for record in source.records(shard):
             if taken == count:
                 return
-            taken += 1
             yield record
+            taken += 1
 
 
 def usable(record: Record) -> bool:
@@ -222,13 +227,17 @@ def held_out_records(source: StreamSource, val_samples: int) -> tuple[list[Recor
     """The records the held-out loss scores, and those of them that training leaves out.
 
     With a separate held-out stream: its first `val_samples` usable records, none left out. Otherwise the first usable
-    records of the stream, at most a tenth of the first 10 x `val_samples` records read (as a row dataset holds out
-    at most a tenth); when that is none, the first `val_samples` are scored without being left out."""
+    records of the stream, at most a tenth of the usable ones among the first 10 x `val_samples` records (as a row
+    dataset holds out at most a tenth); when that is none, the first `val_samples` are scored without being left
+    out."""
     separate = source.held_out_stream()
-    if separate is not None:
-        return [r for r in first_records(separate, 10 * val_samples) if usable(r)][:val_samples], frozenset()
-    seen = [r for r in first_records(source, 10 * val_samples) if usable(r)]
-    count = min(val_samples, len(seen) // 10)
-    if count == 0:
-        return seen[:val_samples], frozenset()
-    return seen[:count], frozenset(r.id for r in seen[:count])
+    kept, found = [], 0
+    for record in first_records(separate or source, 10 * val_samples):
+        if usable(record):
+            found += 1
+            if len(kept) < val_samples:
+                kept.append(record)
+    count = len(kept) if separate is not None else min(val_samples, found // 10)
+    if count == 0 or separate is not None:
+        return kept, frozenset()
+    return kept[:count], frozenset(r.id for r in kept[:count])

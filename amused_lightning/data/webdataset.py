@@ -52,12 +52,13 @@ class WebDataset(StreamSource):
     def files(self) -> list[str]:
         """Every shard's path or URL, each pattern's matches in sorted order."""
         patterns = [self.shards] if isinstance(self.shards, str) else list(self.shards)
-        return [file for pattern in patterns for expanded in expand_braces(pattern) for file in self._matches(expanded)]
+        expanded = [each for pattern in patterns for each in expand_braces(pattern)]
+        return [file for pattern in expanded for file in self._matches(pattern)] or self._no_match(str(self.shards))
 
     def _matches(self, pattern: str) -> list[str]:
         local = os.path.expanduser(pattern)
         if "://" not in pattern:
-            if glob.glob(local) or not could_be_hub_id(pattern):
+            if glob.glob(local) or not looks_like_hub_id(pattern):
                 return sorted(glob.glob(local)) or self._no_match(pattern)
             pattern = f"hf://datasets/{pattern}/**/*.tar"  # a hub id: every tar of the dataset
         try:
@@ -122,13 +123,20 @@ def expand_braces(pattern: str) -> list[str]:
     return [expanded for choice in choices for expanded in expand_braces(head + choice + tail)]
 
 
+def looks_like_hub_id(pattern: str) -> bool:
+    """Whether a shard pattern that matches no local file names a hub dataset (`owner/name`) rather than files."""
+    return could_be_hub_id(pattern) and not glob.has_magic(pattern) and not re.search(r"\.tar(\.\w+)?$", pattern)
+
+
 def tar_samples(url: str, wanted: set[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) of each sample of a tar, as it streams by (compressed tars too); only the
-    extensions in `wanted` are read. A tar cut short ends with a warning."""
+    extensions in `wanted` are read. A tar that cannot be opened, or is cut short, is passed over with a warning (as
+    a bad record is: the stream goes on)."""
     key, files = None, {}
-    with fsspec.open(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-        try:
+    try:
+        with fsspec.open(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
+                tar.members = []  # tarfile keeps every member's header it has read: a shard's worth of them
                 folder, name = posixpath.split(member.name)
                 if not member.isfile() or name.startswith(".") or "." not in name:
                     continue
@@ -139,8 +147,7 @@ def tar_samples(url: str, wanted: set[str]) -> Iterator[tuple[str, dict[str, byt
                     key, files = posixpath.join(folder, stem), {}
                 if extension.lower() in wanted:
                     files[extension.lower()] = tar.extractfile(member).read()
-                tar.members = []  # tarfile keeps every member's header it has read: a shard's worth of them
-        except (tarfile.ReadError, EOFError) as error:
-            log.warning("%s ends early (%s): the rest of it is skipped", url, error)
+    except (OSError, tarfile.TarError, EOFError) as error:
+        log.warning("shard %s cannot be read on (%s: %s): the rest of it is skipped", url, type(error).__name__, error)
     if key is not None:
         yield key, files
