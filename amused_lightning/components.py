@@ -12,6 +12,7 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from amused_lightning.errors import UserError
 from amused_lightning.presets import PRESETS, byte_level_clip_tokenizer, clip_text_config
+from amused_lightning.quiet import without_transformers_bars
 from amused_lightning.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,14 @@ def load_components(pretrained: str, revision: str | None = None, variant: str |
         return _build_preset(pretrained, seed)
     _check_local_layout(pretrained)
     kwargs = dict(revision=revision, variant=variant)
-    return Components(
-        transformer=_load(UVit2DModel.from_pretrained, pretrained, "transformer", **kwargs),
-        vqvae=_load(VQModel.from_pretrained, pretrained, "vqvae", **kwargs),
-        text_encoder=_load(CLIPTextModelWithProjection.from_pretrained, pretrained, "text_encoder", **kwargs),
-        tokenizer=_load(CLIPTokenizer.from_pretrained, pretrained, "tokenizer", revision=revision),
-        scheduler=_load(AmusedScheduler.from_pretrained, pretrained, "scheduler", revision=revision),
-    )
+    with without_transformers_bars():
+        return Components(
+            transformer=_load(UVit2DModel.from_pretrained, pretrained, "transformer", **kwargs),
+            vqvae=_load(VQModel.from_pretrained, pretrained, "vqvae", **kwargs),
+            text_encoder=_load(CLIPTextModelWithProjection.from_pretrained, pretrained, "text_encoder", **kwargs),
+            tokenizer=_load(CLIPTokenizer.from_pretrained, pretrained, "tokenizer", revision=revision),
+            scheduler=_load(AmusedScheduler.from_pretrained, pretrained, "scheduler", revision=revision),
+        )
 
 
 def load_tokenizer(pretrained: str, revision: str | None = None) -> CLIPTokenizer:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import diffusers
@@ -17,7 +15,6 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextModelWithProjection
-from transformers.utils import logging as transformers_logging
 
 from amused_lightning.adapters import has_lora, lora_metadata, lora_state_dict
 from amused_lightning.components import SUBFOLDERS, Components
@@ -28,6 +25,7 @@ from amused_lightning.hub import HubError, check_push, check_repo_id, push_expor
 from amused_lightning.model_card import CARD_NAME, SAMPLES_NAME, CardFacts, card_facts, run_record, write_card
 from amused_lightning.optim import class_path
 from amused_lightning.pipeline import CHECKPOINT_MARK, ModelSpec, TrainedPipeline
+from amused_lightning.quiet import without_transformers_bars
 from amused_lightning.run_lock import is_first_process
 
 log = logging.getLogger(__name__)
@@ -76,21 +74,9 @@ def clean_copy(cls, model: nn.Module, merge_lora: bool) -> nn.Module:
     return fresh
 
 
-@contextmanager
-def no_shard_bars() -> Iterator[None]:
-    """Without transformers' "Writing model shards" bar (one per transformers model saved): noise in our output."""
-    enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            transformers_logging.enable_progress_bar()
-
-
 def write_pipeline(parts: Components, folder: Path, merge_lora: bool) -> Path:
     """A folder `AmusedPipeline.from_pretrained` loads; unmerged adapters go beside it as the LoRA file."""
-    with no_shard_bars():
+    with without_transformers_bars():
         clean_copy(UVit2DModel, parts.transformer, merge_lora).save_pretrained(folder / "transformer")
         clean_copy(CLIPTextModelWithProjection, parts.text_encoder, merge_lora).save_pretrained(folder / "text_encoder")
     parts.vqvae.save_pretrained(folder / "vqvae")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # (start of the message, category): warnings that say nothing true or useful about a run of this package.
 HARMLESS_WARNINGS = (
@@ -58,3 +60,18 @@ def silence_harmless_messages() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessage) and f.prefix == prefix for f in logger.filters):
             logger.addFilter(_DropMessage(prefix))
+
+
+@contextmanager
+def without_transformers_bars() -> Iterator[None]:
+    """Without transformers' progress bars ("Loading weights", "Writing model shards"; one per model loaded or saved):
+    noise in our output."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
