@@ -24,7 +24,8 @@ import tarfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from toy_benchmark import publish
+
 SECTION = "## Streams (issue 11)"
 SHARD_RECORDS = 500
 SHUFFLE_BUFFER = 1000
@@ -103,15 +104,6 @@ def in_fresh_process(folder: Path, what: str, amount: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def publish(lines: list[str]) -> None:
-    """Replace (or add) this script's section of BENCHMARKS.md."""
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text()
-    head, _, rest = text.partition(SECTION)
-    tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-    path.write_text(head.rstrip() + "\n\n" + "\n".join([SECTION, "", *lines]) + "\n" + tail)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", type=Path, default=Path("/tmp/stream-bench"))
@@ -148,7 +140,7 @@ def main() -> None:
         f"size take about {1e6 / (args.large / replay['seconds']) / 60:.1f} minutes for one reader; loader workers "
         "replay their shares side by side (remote shards: the download time instead).",
     ]
-    publish(lines)
+    publish(lines, SECTION)
     print("\n".join(lines))
 
 

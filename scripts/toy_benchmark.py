@@ -107,14 +107,14 @@ def rows(name: str, scores: dict[float, dict[str, dict[str, float]]]) -> list[st
             f"{s['finetune']['toy_accuracy']:.1%} |" for guidance, s in scores.items()]
 
 
-def publish(lines: list[str]) -> None:
-    """Replace (or add) this script's section of BENCHMARKS.md."""
+def publish(lines: list[str], section: str = SECTION) -> None:
+    """Replace (or add) a script's section of BENCHMARKS.md (this script's by default)."""
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    head = text.split(SECTION)[0].rstrip() + "\n\n"
-    rest = text.split(SECTION)[1] if SECTION in text else ""
+    head = text.split(section)[0].rstrip() + "\n\n"
+    rest = text.split(section)[1] if section in text else ""
     tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-    path.write_text(head + "\n".join([SECTION, "", *lines]) + "\n" + tail)
+    path.write_text(head + "\n".join([section, "", *lines]) + "\n" + tail)
 
 
 def main() -> None:

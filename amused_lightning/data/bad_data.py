@@ -78,13 +78,19 @@ def load_image(data: ImageData | None) -> Image.Image:
         raise UnusableImage(_reason(error)) from error
 
 
+def absent_image(data: ImageData | None) -> str | None:
+    """Why an image is missing before any file is opened (None, or 0 bytes given), or None."""
+    if data is None:
+        return "no image (None)"
+    return "empty file (0 bytes)" if isinstance(data, bytes) and not data else None
+
+
 def _open(data: ImageData | None) -> Image.Image:
     """PIL's lazy open of an image given as bytes or as a path; an absent or empty one is refused as such."""
-    if data is None:
-        raise UnusableImage("no image (None)")
+    absent = absent_image(data)
+    if absent:
+        raise UnusableImage(absent)
     if isinstance(data, bytes):
-        if not data:
-            raise UnusableImage("empty file (0 bytes)")
         return Image.open(io.BytesIO(data))
     if Path(data).stat().st_size == 0:
         raise UnusableImage("empty file (0 bytes)")

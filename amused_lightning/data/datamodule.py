@@ -177,6 +177,8 @@ class AmusedDataModule(L.LightningDataModule):
                                                             self._world_size())
         self.val_dataset = self._dataset(held_out, square_layout(list(range(len(held_out))), hp.resolution), None,
                                          True, False)
+        if self._resume is not None:
+            self._resume_stream()
 
     def _dataset(self, source: DataSource, layout: RowLayout, cache: TokenCache | None, center_crop: bool,
                  random_flip: bool) -> Dataset:
@@ -273,8 +275,6 @@ class AmusedDataModule(L.LightningDataModule):
     def _stream_dataloader(self) -> DataLoader:
         """The stream's batches, made whole in the readers (one crop size each)."""
         hp = self.hparams
-        if self._resume is not None:
-            self._resume_stream()
         return DataLoader(self.train_dataset, batch_size=None, num_workers=hp.num_workers,
                           persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available())
 

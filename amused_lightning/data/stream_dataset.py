@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from amused_lightning.batch import INPUT_IDS, POSITION
-from amused_lightning.data.bad_data import BadImageError, UnusableImage, load_image
+from amused_lightning.data.bad_data import BadImageError, UnusableImage, draw, load_image
 from amused_lightning.data.captions import caption_index
 from amused_lightning.data.datasets import REPLACED
 from amused_lightning.data.sources import DataSourceError
@@ -192,25 +192,18 @@ class StreamDataset(IterableDataset):
         return default_collate(samples)
 
     def _decoded(self, records: list[Record]) -> tuple[list[tuple[Record, Any]], int]:
-        """Each record with its decoded image; under "skip" a record whose image fails to decode is replaced by the
-        next record of the batch that decodes. Returns them and how many were replaced."""
-        decoded: list[tuple[Record, Any] | None] = []
-        for record in records:
+        """Each record with its decoded image; under "skip" one whose image fails to decode is replaced by the next
+        record of the batch that decodes (`bad_data.draw`, as a row dataset replaces a row). Returns them and how many
+        were replaced."""
+        def load(i: int) -> tuple[Record, Any]:
             try:
-                decoded.append((record, load_image(record.image)))
+                return records[i], load_image(records[i].image)
             except UnusableImage as error:
-                if self.on_bad_image == "error":
-                    raise BadImageError(f"{record.where}: {error}") from error
-                log.warning("skipping %s: %s; its batch repeats another sample instead (data.on_bad_image=skip)",
-                            record.where, error)
-                decoded.append(None)
-        good = [i for i, pair in enumerate(decoded) if pair is not None]
-        if not good:
-            raise BadImageError(f"none of the {len(records)} images of a batch could be decoded, for example "
-                                f"{records[0].where} (see the warnings above)")
-        count = len(decoded)
-        return [pair or decoded[min(good, key=lambda g: (g - i) % count)] for i, pair in enumerate(decoded)], \
-            count - len(good)
+                raise BadImageError(f"{records[i].where}: {error}") from error
+
+        known_bad: set[int] = set()  # each broken image decoded and warned of once
+        drawn = [draw(load, i, range(len(records)), self.on_bad_image, known_bad) for i in range(len(records))]
+        return [pair for pair, _ in drawn], sum(offset > 0 for _, offset in drawn)
 
 
 def stream_training_data(source: StreamSource, settings, tokenizer, crop_size: Callable[[Record], Size], rank: int,

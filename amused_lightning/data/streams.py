@@ -18,7 +18,7 @@ from typing import NamedTuple
 import datasets
 import fsspec
 
-from amused_lightning.data.bad_data import ImageData, image_problem, prompt_problem
+from amused_lightning.data.bad_data import ImageData, absent_image, image_problem, prompt_problem
 from amused_lightning.data.captions import DATASET_COLUMN, Captions
 from amused_lightning.data.sources import DataSource, DataSourceError, _image_data, could_be_hub_id, source_settings
 
@@ -36,11 +36,7 @@ class Record(NamedTuple):
 
     def light_problem(self) -> str | None:
         """What is wrong with it that needs no image decoder: no caption, or no image bytes."""
-        if self.captions.problem:
-            return self.captions.problem
-        if self.image is None or (isinstance(self.image, bytes) and not self.image):
-            return "no image (None)" if self.image is None else "empty file (0 bytes)"
-        return None
+        return self.captions.problem or absent_image(self.image)
 
 
 class StreamSource(ABC):
@@ -107,10 +103,9 @@ class HFStream(StreamSource):
         """The opened stream, image columns left encoded (decoded by us, so a bad image can be named)."""
         stream = open_stream(self.path, self.split, self.name, self.data_files, self.revision, self.describe())
         columns = stream.column_names
-        if columns is not None:  # some builders only know their columns once a record is read
+        if columns is not None:  # some builders only know their columns once a record is read (then untyped)
             check_columns(self, columns)
-        for key in self.image_keys if columns is not None else ():  # unknown columns are not typed as images
-            if key in columns:
+            for key in set(self.image_keys) & set(columns):
                 stream = stream.cast_column(key, datasets.Image(decode=False))
         return stream
 
@@ -237,7 +232,7 @@ def held_out_records(source: StreamSource, val_samples: int) -> tuple[list[Recor
             found += 1
             if len(kept) < val_samples:
                 kept.append(record)
-    count = len(kept) if separate is not None else min(val_samples, found // 10)
-    if count == 0 or separate is not None:
+    count = min(val_samples, found // 10)
+    if separate is not None or count == 0:
         return kept, frozenset()
     return kept[:count], frozenset(r.id for r in kept[:count])
