@@ -7,7 +7,7 @@ from typing import Any
 
 __all__ = ["AmusedDataModule", "AmusedModule"]
 # Imported on first use: `python -m amused_lightning --help` (and export, generate) need neither.
-_LAZY = {"AmusedDataModule": "amused_lightning.data", "AmusedModule": "amused_lightning.module"}
+_LAZY = {"AmusedDataModule": "amused_lightning.data", "AmusedModule": "amused_lightning.training.module"}
 
 
 def __getattr__(name: str) -> Any:

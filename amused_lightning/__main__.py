@@ -7,9 +7,9 @@ import importlib
 import sys
 from typing import NamedTuple
 
-from amused_lightning.console import Console, apply_lightning_level, configure, take_switches
+from amused_lightning.commands.console import Console, apply_lightning_level, configure, take_switches
 from amused_lightning.errors import one_line, user_error_types
-from amused_lightning.run_lock import is_first_process
+from amused_lightning.run.lock import is_first_process
 
 
 class Command(NamedTuple):
@@ -21,15 +21,15 @@ class Command(NamedTuple):
 
 COMMANDS = {
     "fit": Command("train (or resume with --ckpt_path last) from a config: --config configs/<recipe>.yaml",
-                   "amused_lightning.cli:fit"),
+                   "amused_lightning.commands.fit:fit"),
     "validate": Command("score a checkpoint on the held-out data and draw its validation images",
-                        "amused_lightning.cli:validate"),
+                        "amused_lightning.commands.fit:validate"),
     "export": Command("write a checkpoint as a diffusers pipeline folder and LoRA file",
-                      "amused_lightning.export_command:main"),
+                      "amused_lightning.commands.export:main"),
     "check-data": Command("report a config's data without training: rows, captions, sizes, a preview grid",
-                          "amused_lightning.check_data:main"),
+                          "amused_lightning.commands.check_data:main"),
     "generate": Command("draw images for prompts from a checkpoint, a pipeline folder, or a base model and LoRA",
-                        "amused_lightning.generate:main"),
+                        "amused_lightning.commands.generate:main"),
 }
 
 

@@ -25,13 +25,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from amused_lightning.adapters import LoraSettings
-from amused_lightning.args import LRScheduleArgs, MemoryArgs, ValidationArgs
-from amused_lightning.batch import IMAGE_TOKENS, INPUT_IDS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
-from amused_lightning.encoding import encode_image_tokens, encode_prompts, pixels_per_token
-from amused_lightning.module import AmusedModule
-from amused_lightning.offload import OffloadedAdamW, OffloadedAdamW8bit
-from amused_lightning.placement import FrozenPlacement
+from amused_lightning.callbacks.placement import FrozenPlacement
+from amused_lightning.data.batch import IMAGE_TOKENS, INPUT_IDS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
+from amused_lightning.model.adapters import LoraSettings
+from amused_lightning.model.encoding import encode_image_tokens, encode_prompts, pixels_per_token
+from amused_lightning.training.module import AmusedModule
+from amused_lightning.training.offload import OffloadedAdamW, OffloadedAdamW8bit
+from amused_lightning.training.settings import LRScheduleArgs, MemoryArgs, ValidationArgs
 
 GB = 1e9  # the seed tables' unit; ours are reported in the same unit
 

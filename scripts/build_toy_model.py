@@ -25,13 +25,11 @@ from diffusers import AmusedScheduler, UVit2DModel, VQModel
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from amused_lightning.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
-from amused_lightning.export import MODEL_INDEX
-from amused_lightning.loss import masked_token_loss
-from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
-from amused_lightning.presets import CLIP_MAX_LENGTH
+from amused_lightning.export.pipeline import MODEL_INDEX
+from amused_lightning.model.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
+from amused_lightning.model.presets import CLIP_MAX_LENGTH
 from amused_lightning.seeding import derive_seed
-from amused_lightning.toy_world import (
+from amused_lightning.toy.world import (
     BACKGROUNDS,
     COLORS,
     HEADS,
@@ -40,6 +38,8 @@ from amused_lightning.toy_world import (
     evaluation_captions,
     sample_characters,
 )
+from amused_lightning.training.loss import masked_token_loss
+from amused_lightning.training.masking import apply_mask, random_token_mask, sample_mask_ratios
 
 SIZE = 64
 CODEBOOK = 64

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from amused_lightning.components import load_frozen_encoders
-from amused_lightning.decoding import decode_image_tokens
+from amused_lightning.model.components import load_frozen_encoders
+from amused_lightning.model.decoding import decode_image_tokens
 
 TRANSFORMER_PARAMS = 603_537_664
 

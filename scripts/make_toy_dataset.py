@@ -23,7 +23,7 @@ from pathlib import Path
 
 import datasets
 
-from amused_lightning.toy_world import GRID, WORLDS, draw_character, evaluation_captions, sample_characters
+from amused_lightning.toy.world import GRID, WORLDS, draw_character, evaluation_captions, sample_characters
 
 
 def build(output: Path, num_images: int, size: int, seed: int, world: str = "all",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from diffusers import UVit2DModel, VQModel
 
-from amused_lightning.presets import PRESETS
+from amused_lightning.model.presets import PRESETS
 
 
 def transformer_output(preset: str, grid: tuple[int, int]) -> tuple[int, ...]:

@@ -7,7 +7,7 @@
 Each row runs on fake CUDA tensors (shapes, dtypes and devices, no data) through the real code paths: our
 AmusedModule's training step at its defaults, placed by FrozenPlacement's hooks as a single-GPU fit places it
 (`--offload`: with the host-memory optimizer), and a replica of diffusers' train_amused.py
-(see amused_lightning/memsim/reference.py), each for `--steps` optimizer steps and one validation sampling of the
+(see scripts/memsim/reference.py), each for `--steps` optimizer steps and one validation sampling of the
 recipe's prompts. A dispatch-level tracker of live storages gives the peak `torch.cuda.max_memory_allocated` would
 report and the phase that set it. Needs g++ (the fake CUDA runtime is compiled on first use).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 def _load_fake_cuda() -> None:
     """Register the fake CUDA runtime; it must come before torch is imported, so the module is loaded by path."""
-    path = Path(__file__).resolve().parents[1] / "amused_lightning" / "memsim" / "shim.py"
+    path = Path(__file__).resolve().parent / "memsim" / "shim.py"
     spec = importlib.util.spec_from_file_location("amused_memsim_shim", path)
     shim = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shim)
@@ -36,11 +36,10 @@ import traceback  # noqa: E402
 
 import torch  # noqa: E402
 
-from amused_lightning.memsim.common import SimResult, SimRow  # noqa: E402
-from amused_lightning.memsim.ours import simulate_ours  # noqa: E402
-from amused_lightning.memsim.reference import simulate_reference  # noqa: E402
-
 from benchmark import GB, Row, publish, select_rows, validation_prompt_count  # noqa: E402
+from memsim.common import SimResult, SimRow  # noqa: E402
+from memsim.ours import simulate_ours  # noqa: E402
+from memsim.reference import simulate_reference  # noqa: E402
 
 
 def sim_row(row: Row) -> SimRow:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from amused_lightning.batch import IMAGE_TOKENS, INPUT_IDS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
-from amused_lightning.module import AmusedModule
-from amused_lightning.offload import OffloadedAdamW
-from amused_lightning.placement import AUTOCAST_DTYPES, cast_frozen_weights, unused_frozen_parts
+from amused_lightning.callbacks.placement import AUTOCAST_DTYPES, cast_frozen_weights, unused_frozen_parts
+from amused_lightning.data.batch import IMAGE_TOKENS, INPUT_IDS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
+from amused_lightning.training.module import AmusedModule
+from amused_lightning.training.offload import OffloadedAdamW
 
 from benchmark import GB, Row, build_module, publish, select_rows
 

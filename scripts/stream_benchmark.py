@@ -57,7 +57,6 @@ def measure(folder: Path, what: str, amount: int) -> dict:
     `batches` training batches, or `replay` records as a resume does."""
     import random
 
-    from amused_lightning.components import load_components
     from amused_lightning.data.buckets import CropSize
     from amused_lightning.data.stream_dataset import (
         Readers,
@@ -67,6 +66,7 @@ def measure(folder: Path, what: str, amount: int) -> dict:
         reader_records,
     )
     from amused_lightning.data.webdataset import WebDataset
+    from amused_lightning.model.components import load_components
 
     source = WebDataset(str(folder / "*.tar"))
     readers = Readers(0, 1, 0, 1)

@@ -26,12 +26,12 @@ import torch
 import yaml
 from PIL import Image
 
-from amused_lightning.components import Components, load_components
-from amused_lightning.decoding import GenerationSettings, decode_image_tokens, generate_images, to_pil
-from amused_lightning.encoding import encode_image_tokens
-from amused_lightning.image_metrics import ToyWorldScore, palette_cell_agreement
-from amused_lightning.toy_world import draw_character, evaluation_characters
-from amused_lightning.validation import image_grid
+from amused_lightning.model.components import Components, load_components
+from amused_lightning.model.decoding import GenerationSettings, decode_image_tokens, generate_images, to_pil
+from amused_lightning.model.encoding import encode_image_tokens
+from amused_lightning.toy.image_metrics import ToyWorldScore, palette_cell_agreement
+from amused_lightning.toy.world import draw_character, evaluation_characters
+from amused_lightning.training.validation import image_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART_DATA = ["scripts/make_toy_dataset.py", "data/toy-teal-crown", "--world", "finetune", "--num-images",

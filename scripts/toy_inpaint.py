@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from amused_lightning.decoding import GenerationSettings
-from amused_lightning.image_metrics import read_attributes
-from amused_lightning.pipeline import TrainedPipeline
-from amused_lightning.start_images import StartImages
-from amused_lightning.toy_world import (
+from amused_lightning.model.amused import TrainedPipeline
+from amused_lightning.model.decoding import GenerationSettings
+from amused_lightning.model.start_images import StartImages
+from amused_lightning.toy.image_metrics import read_attributes
+from amused_lightning.toy.world import (
     BODY_BOX,
     COLORS,
     HELD_BACK_COLOR,
@@ -29,7 +29,7 @@ from amused_lightning.toy_world import (
     draw_character,
     evaluation_characters,
 )
-from amused_lightning.validation import image_grid
+from amused_lightning.training.validation import image_grid
 
 SIZE = 64
 CLOSE = 24  # pixel levels: what the VQ reconstruction of a flat cell stays within

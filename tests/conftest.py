@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from amused_lightning.components import load_components  # noqa: E402
+from amused_lightning.model.components import load_components  # noqa: E402
 
 from make_toy_dataset import build  # noqa: E402
 

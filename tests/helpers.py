@@ -12,12 +12,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from amused_lightning.__main__ import main
-from amused_lightning.cli import AmusedCLI, cli_main
-from amused_lightning.components import components_identity, load_components
+from amused_lightning.commands.fit import AmusedCLI, cli_main
 from amused_lightning.data import AmusedDataModule
 from amused_lightning.data.sources import DataSource
-from amused_lightning.encoding import FrozenEncoders
-from amused_lightning.optim import parameter_groups
+from amused_lightning.model.components import components_identity, load_components
+from amused_lightning.model.encoding import FrozenEncoders
+from amused_lightning.training.optim import parameter_groups
 
 
 def fit(root: Path, dataset: Path, *extra: str) -> AmusedCLI:

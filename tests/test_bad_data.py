@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from amused_lightning.__main__ import main
-from amused_lightning.cli import cli_main
+from amused_lightning.commands.fit import cli_main
 from amused_lightning.data import ImageFolder
 from amused_lightning.data.bad_data import BadImageError, UnusableImage, image_problem, load_image, prompt_problem
 

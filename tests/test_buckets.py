@@ -13,15 +13,15 @@ import yaml
 from diffusers import AmusedPipeline
 from PIL import Image
 
-from amused_lightning.check_data import main as check_data
-from amused_lightning.components import load_components
+from amused_lightning.commands.check_data import main as check_data
+from amused_lightning.commands.generate import main as generate_main
 from amused_lightning.data import AmusedDataModule, ImageFolder
 from amused_lightning.data.bucket_sampler import BucketSampler
 from amused_lightning.data.buckets import AspectBuckets, RowLayout, bucket_grids, bucket_layout, nearest_grid
 from amused_lightning.data.sources import DataSourceError
 from amused_lightning.data.transforms import preprocess_image
-from amused_lightning.encoding import encode_image_tokens
-from amused_lightning.generate import main as generate_main
+from amused_lightning.model.components import load_components
+from amused_lightning.model.encoding import encode_image_tokens
 
 from helpers import connected, fails_with, fit, tiny_encoders
 

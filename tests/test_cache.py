@@ -82,7 +82,7 @@ def test_text_is_not_cached_while_the_text_encoder_trains(tmp_path, toy_dataset)
 
 
 def test_cached_samples_equal_live_encoding(tmp_path, toy_dataset, tiny):
-    from amused_lightning.encoding import encode_image_tokens, encode_prompts
+    from amused_lightning.model.encoding import encode_image_tokens, encode_prompts
 
     cached = connected(HFDataset(str(toy_dataset)), resolution=32, cache_dir=str(tmp_path), center_crop=True)
     live = connected(HFDataset(str(toy_dataset)), resolution=32, cache="off", center_crop=True)

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from amused_lightning.batch import INPUT_IDS, PROMPT_HIDDEN
 from amused_lightning.data import ImageFolder, SingleImage
 from amused_lightning.data.bad_data import BadImageError
+from amused_lightning.data.batch import INPUT_IDS, PROMPT_HIDDEN
 from amused_lightning.data.captions import FILE_NAME, METADATA, TXT, MetadataError, caption_index
-from amused_lightning.encoding import encode_prompts, tokenize_prompts
+from amused_lightning.model.encoding import encode_prompts, tokenize_prompts
 
 from helpers import connected, tiny_encoders
 

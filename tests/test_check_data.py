@@ -7,7 +7,7 @@ import yaml
 from PIL import Image
 
 from amused_lightning.__main__ import main
-from amused_lightning.check_data import main as check_data
+from amused_lightning.commands.check_data import main as check_data
 from amused_lightning.data.preview import evenly_spaced, wrap
 
 

@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from amused_lightning.__main__ import COMMANDS, main
-from amused_lightning.cli import cli_main
+from amused_lightning.commands.fit import cli_main
 
 from helpers import CONFIGS, fit, recipe_configs, scalars, transformer_weights
 

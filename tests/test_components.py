@@ -6,9 +6,9 @@ import torch
 from diffusers import UVit2DModel, VQModel
 from transformers import CLIPTextModelWithProjection
 
-from amused_lightning.components import ComponentLoadError, load_components
-from amused_lightning.encoding import pixels_per_token
-from amused_lightning.presets import PRESETS, clip_text_config
+from amused_lightning.model.components import ComponentLoadError, load_components
+from amused_lightning.model.encoding import pixels_per_token
+from amused_lightning.model.presets import PRESETS, clip_text_config
 
 SHARED_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "amused-configs"
 # Parameter counts of the published checkpoints (shared/amused-configs/README.md).

@@ -3,8 +3,8 @@ import pytest
 import torch
 from diffusers import AmusedPipeline
 
-from amused_lightning.decoding import GenerationSettings
-from amused_lightning.module import AmusedModule
+from amused_lightning.model.decoding import GenerationSettings
+from amused_lightning.training.module import AmusedModule
 
 PROMPTS = ["a pixel art character with square red glasses", "a pixel art character"]
 

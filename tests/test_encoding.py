@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from amused_lightning.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
+from amused_lightning.model.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
 
 
 def test_chunked_vq_encode_equals_unchunked_for_every_chunk_size(tiny):

@@ -7,11 +7,11 @@ from diffusers import AmusedPipeline, UVit2DModel
 from huggingface_hub import ModelCard
 
 from amused_lightning.__main__ import main
-from amused_lightning.components import load_components
-from amused_lightning.ema import find_ema
-from amused_lightning.export_command import main as export_main
+from amused_lightning.callbacks.ema import find_ema
+from amused_lightning.commands.export import main as export_main
+from amused_lightning.export.card import CARD_NAME, SAMPLES_NAME
 from amused_lightning.formats import LORA_WEIGHT_NAME
-from amused_lightning.model_card import CARD_NAME, SAMPLES_NAME
+from amused_lightning.model.components import load_components
 
 from helpers import fit
 
@@ -123,8 +123,8 @@ def test_missing_bitsandbytes_is_reported_at_parse_time(monkeypatch, capsys):
 
 
 def test_export_and_generate_never_build_the_training_module(lora_run, tmp_path, monkeypatch):
-    from amused_lightning.generate import main as generate_main
-    from amused_lightning.module import AmusedModule
+    from amused_lightning.commands.generate import main as generate_main
+    from amused_lightning.training.module import AmusedModule
 
     root, _ = lora_run
     monkeypatch.setattr(AmusedModule, "__init__", lambda *args, **kwargs: pytest.fail("built the LightningModule"))

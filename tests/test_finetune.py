@@ -2,12 +2,12 @@ import pytest
 import torch
 from diffusers.training_utils import EMAModel
 
-from amused_lightning.adapters import LoraSettings, TextEncoderLoraSettings
-from amused_lightning.args import TextEncoderArgs
-from amused_lightning.ema import EMA, EmaSettings, TrainedWeightsEMA, find_ema
-from amused_lightning.module import AmusedModule
-from amused_lightning.optim import LR_SCHEDULES, lr_schedule
-from amused_lightning.placement import FrozenPlacement
+from amused_lightning.callbacks.ema import EMA, EmaSettings, TrainedWeightsEMA, find_ema
+from amused_lightning.callbacks.placement import FrozenPlacement
+from amused_lightning.model.adapters import LoraSettings, TextEncoderLoraSettings
+from amused_lightning.training.module import AmusedModule
+from amused_lightning.training.optim import LR_SCHEDULES, lr_schedule
+from amused_lightning.training.settings import TextEncoderArgs
 
 from helpers import fit, transformer_weights
 

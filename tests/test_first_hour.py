@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from amused_lightning.__main__ import main
-from amused_lightning.console import Console, take_switches
-from amused_lightning.module import AmusedModule
+from amused_lightning.commands.console import Console, take_switches
 from amused_lightning.progress import Printer, progress_line
 from amused_lightning.quiet import silence_harmless_messages
+from amused_lightning.training.module import AmusedModule
 
 from helpers import fails_with, scalars
 

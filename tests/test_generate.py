@@ -5,8 +5,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from amused_lightning.export_command import main as export_main
-from amused_lightning.generate import main as generate_main
+from amused_lightning.commands.export import main as export_main
+from amused_lightning.commands.generate import main as generate_main
 
 from helpers import fails_with, fit
 

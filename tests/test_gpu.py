@@ -6,8 +6,8 @@ import bitsandbytes
 import pytest
 import torch
 
-from amused_lightning.offload import OffloadedAdamW, OffloadedAdamW8bit
-from amused_lightning.placement import FrozenPlacement
+from amused_lightning.callbacks.placement import FrozenPlacement
+from amused_lightning.training.offload import OffloadedAdamW, OffloadedAdamW8bit
 
 from helpers import fit, train_two_layer_net, two_layer_net
 
@@ -31,7 +31,7 @@ def test_frozen_parts_are_off_the_device_during_steps(tmp_path, toy_dataset):
     import lightning as L
 
     from amused_lightning.data import AmusedDataModule, HFDataset
-    from amused_lightning.module import AmusedModule
+    from amused_lightning.training.module import AmusedModule
 
     seen = []
 

@@ -9,10 +9,10 @@ import torch
 from test_first_hour import tiny_fit
 from torch import nn
 
-from amused_lightning import module
 from amused_lightning.__main__ import main
+from amused_lightning.callbacks.guard import NonFiniteGuard, SkipCounter
 from amused_lightning.errors import NonFiniteError
-from amused_lightning.guard import NonFiniteGuard, SkipCounter
+from amused_lightning.training import module
 
 from helpers import fails_with
 

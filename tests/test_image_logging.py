@@ -11,8 +11,8 @@ from lightning.pytorch.loggers import CometLogger, MLFlowLogger, TensorBoardLogg
 from PIL import Image
 from wandb.proto import wandb_internal_pb2
 
-from amused_lightning.image_logging import ValidationImageLogger, mlflow_key, send_images
-from amused_lightning.validation import ValidationImages
+from amused_lightning.callbacks.validation_images import ValidationImageLogger, mlflow_key, send_images
+from amused_lightning.training.validation import ValidationImages
 
 from helpers import fit, image_steps
 

@@ -9,13 +9,13 @@ from diffusers import UVit2DModel
 from test_export import transformer_inputs
 from transformers import CLIPTextModelWithProjection
 
-from amused_lightning.adapters import LoraSettings, TextEncoderLoraSettings
-from amused_lightning.args import TextEncoderArgs
-from amused_lightning.export_command import main as export_main
-from amused_lightning.model_card import CARD_NAME
-from amused_lightning.optim import parameter_groups
-from amused_lightning.pipeline import CHECKPOINT_FORMAT, CHECKPOINT_MARK, ModelSpec, build_trained_parts
-from amused_lightning.resume import check_resume_settings
+from amused_lightning.commands.export import main as export_main
+from amused_lightning.export.card import CARD_NAME
+from amused_lightning.model.adapters import LoraSettings, TextEncoderLoraSettings
+from amused_lightning.model.amused import CHECKPOINT_FORMAT, CHECKPOINT_MARK, ModelSpec, build_trained_parts
+from amused_lightning.training.optim import parameter_groups
+from amused_lightning.training.resume import check_resume_settings
+from amused_lightning.training.settings import TextEncoderArgs
 
 from helpers import fit
 

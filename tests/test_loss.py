@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from amused_lightning.loss import masked_token_loss, masked_token_scores
-from amused_lightning.masking import IGNORE_INDEX
+from amused_lightning.training.loss import masked_token_loss, masked_token_scores
+from amused_lightning.training.masking import IGNORE_INDEX
 
 
 def reference_loss(logits, labels):

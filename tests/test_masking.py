@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from amused_lightning.masking import (
+from amused_lightning.training.masking import (
     IGNORE_INDEX,
     apply_mask,
     cosine_mask_ratio,

@@ -11,12 +11,12 @@ import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.utils.data import DataLoader
 
-from amused_lightning.adapters import LoraSettings
-from amused_lightning.args import LRScheduleArgs, MemoryArgs, ValidationArgs
-from amused_lightning.decoding import GenerationSettings, decode_image_tokens, to_pil
-from amused_lightning.memory import sampling_parts
-from amused_lightning.module import AmusedModule
-from amused_lightning.placement import FrozenPlacement
+from amused_lightning.callbacks.placement import FrozenPlacement
+from amused_lightning.model.adapters import LoraSettings
+from amused_lightning.model.decoding import GenerationSettings, decode_image_tokens, to_pil
+from amused_lightning.model.memory import sampling_parts
+from amused_lightning.training.module import AmusedModule
+from amused_lightning.training.settings import LRScheduleArgs, MemoryArgs, ValidationArgs
 
 from helpers import fit
 

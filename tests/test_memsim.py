@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from amused_lightning.memsim.tracker import MemoryTracker, rounded
+from memsim.tracker import MemoryTracker, rounded
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,10 +64,10 @@ spec = importlib.util.spec_from_file_location("shim", sys.argv[1])
 shim = importlib.util.module_from_spec(spec); spec.loader.exec_module(shim); shim.load_fake_cuda()
 import torch
 from torch import nn
-from amused_lightning.memsim.common import SimRow
-from amused_lightning.memsim.fake import built_on_meta, fake_cuda
-from amused_lightning.memsim.ours import simulate_ours
-from amused_lightning.memsim.reference import simulate_reference
+from memsim.common import SimRow
+from memsim.fake import built_on_meta, fake_cuda
+from memsim.ours import simulate_ours
+from memsim.reference import simulate_reference
 torch.set_num_threads(1)
 with fake_cuda() as tracker:
     model = built_on_meta(lambda: nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256)))
@@ -88,8 +88,9 @@ print(json.dumps({"mlp": mlp, "ours": [ours.peak, ours.phase], "reference": [ref
 
 def run_on_fake_cuda() -> dict:
     """The fake-CUDA checks in a fresh interpreter (the runtime has to load before torch)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    shim = ROOT / "amused_lightning" / "memsim" / "shim.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts"),
+                                                   os.environ.get("PYTHONPATH", "")])}
+    shim = ROOT / "scripts" / "memsim" / "shim.py"
     result = subprocess.run([sys.executable, "-c", FAKE_CUDA_RUN, str(shim)], capture_output=True, text=True,
                             env=env, timeout=600)
     assert result.returncode == 0, f"simulation on fake CUDA failed (is g++ installed?):\n{result.stderr[-3000:]}"

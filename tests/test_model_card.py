@@ -12,12 +12,12 @@ import yaml
 from huggingface_hub import ModelCard
 from test_first_hour import tiny_fit
 
-from amused_lightning.components import load_components
-from amused_lightning.export import FinalExport, push_written_export
-from amused_lightning.export_command import main as export_main
-from amused_lightning.hub import HubError
-from amused_lightning.model_card import CARD_NAME, SAMPLES_NAME, card_facts, metadata
-from amused_lightning.pipeline import CHECKPOINT_FORMAT, CHECKPOINT_MARK
+from amused_lightning.commands.export import main as export_main
+from amused_lightning.export.card import CARD_NAME, SAMPLES_NAME, card_facts, metadata
+from amused_lightning.export.hub import HubError
+from amused_lightning.export.pipeline import FinalExport, push_written_export
+from amused_lightning.model.amused import CHECKPOINT_FORMAT, CHECKPOINT_MARK
+from amused_lightning.model.components import load_components
 
 from helpers import fails_with
 

@@ -4,12 +4,12 @@ import lightning as L
 import pytest
 import torch
 
-from amused_lightning.activation_checkpointing import enable_gradient_checkpointing
-from amused_lightning.args import MemoryArgs, ObjectiveArgs
-from amused_lightning.encoding import encode_prompts, tokenize_prompts
-from amused_lightning.loss import masked_token_loss
-from amused_lightning.module import AmusedModule
-from amused_lightning.optim import parameter_groups
+from amused_lightning.model.encoding import encode_prompts, tokenize_prompts
+from amused_lightning.training.activation_checkpointing import enable_gradient_checkpointing
+from amused_lightning.training.loss import masked_token_loss
+from amused_lightning.training.module import AmusedModule
+from amused_lightning.training.optim import parameter_groups
+from amused_lightning.training.settings import MemoryArgs, ObjectiveArgs
 
 
 def batch_for(module, size=3, resolution=32, seed=0):
@@ -121,7 +121,7 @@ def test_head_at_masked_positions_only_gives_the_same_loss_and_gradients():
 
 
 def test_frozen_parts_unused_by_a_step_are_named():
-    from amused_lightning.placement import unused_frozen_parts
+    from amused_lightning.callbacks.placement import unused_frozen_parts
 
     module = AmusedModule()
     pixels = {"pixel_values": None, "input_ids": None}
@@ -146,8 +146,8 @@ def test_compiled_transformer_gives_the_same_loss():
 
 
 def test_frozen_weights_in_compute_dtype_change_nothing_under_autocast():
-    from amused_lightning.adapters import LoraSettings
-    from amused_lightning.placement import cast_frozen_autocast_layers
+    from amused_lightning.callbacks.placement import cast_frozen_autocast_layers
+    from amused_lightning.model.adapters import LoraSettings
 
     stored = AmusedModule(lora=LoraSettings(r=4))
     cast = copy.deepcopy(stored)  # the same adapter initialisation
@@ -165,8 +165,8 @@ def test_frozen_weights_in_compute_dtype_change_nothing_under_autocast():
 def test_final_export_uses_stored_precision_weights(tmp_path, toy_dataset):
     from diffusers import UVit2DModel
 
-    from amused_lightning.components import load_components
-    from amused_lightning.placement import FrozenPlacement
+    from amused_lightning.callbacks.placement import FrozenPlacement
+    from amused_lightning.model.components import load_components
 
     from helpers import fit
 

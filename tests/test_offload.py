@@ -2,9 +2,9 @@ import bitsandbytes
 import pytest
 import torch
 
-from amused_lightning.components import load_components
-from amused_lightning.offload import OffloadedAdamW, OffloadedAdamW8bit
-from amused_lightning.optim import parameter_groups
+from amused_lightning.model.components import load_components
+from amused_lightning.training.offload import OffloadedAdamW, OffloadedAdamW8bit
+from amused_lightning.training.optim import parameter_groups
 
 from helpers import fit, train_two_layer_net, two_layer_net
 
@@ -45,7 +45,7 @@ def test_offloaded_optimizer_state_round_trips(optimizer_class):
 @pytest.mark.parametrize("optimizer_class", [OffloadedAdamW, OffloadedAdamW8bit])
 def test_offloaded_optimizer_trains_and_resumes_exactly(tmp_path, toy_dataset, optimizer_class):
     common = ("--data.batch_size", "2", "--trainer.accumulate_grad_batches", "2", "--checkpoint.every_n_train_steps",
-              "2", "--model.optimizer", f"amused_lightning.offload.{optimizer_class.__name__}",
+              "2", "--model.optimizer", f"amused_lightning.training.offload.{optimizer_class.__name__}",
               "--model.optimizer.init_args.lr", "1e-3", "--trainer.gradient_clip_val", "1.0")
     straight = fit(tmp_path / "straight", toy_dataset, "--trainer.max_steps", "4", *common)
     fit(tmp_path / "resumed", toy_dataset, "--trainer.max_steps", "2", *common)

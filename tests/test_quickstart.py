@@ -1,11 +1,11 @@
 import pytest
 import yaml
 
-from amused_lightning.cli import cli_main
-from amused_lightning.components import load_components
-from amused_lightning.decoding import GenerationSettings, generate_images
-from amused_lightning.image_metrics import ToyWorldScore
-from amused_lightning.toy_world import evaluation_characters
+from amused_lightning.commands.fit import cli_main
+from amused_lightning.model.components import load_components
+from amused_lightning.model.decoding import GenerationSettings, generate_images
+from amused_lightning.toy.image_metrics import ToyWorldScore
+from amused_lightning.toy.world import evaluation_characters
 
 from helpers import scalars
 

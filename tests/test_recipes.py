@@ -8,7 +8,7 @@ import torch
 import yaml
 from PIL import Image
 
-from amused_lightning.cli import cli_main
+from amused_lightning.commands.fit import cli_main
 
 from helpers import CONFIGS, recipe_configs
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_first_hour import tiny_fit
 
-from amused_lightning.resume import check_resume_settings
+from amused_lightning.training.resume import check_resume_settings
 
 from helpers import fails_with, fit
 

@@ -8,7 +8,7 @@ import pytest
 from test_preemption import COMMON, STEPS, start_fit
 
 from amused_lightning.errors import FolderInUseError
-from amused_lightning.run_lock import lock_run_folder
+from amused_lightning.run.lock import lock_run_folder
 
 from helpers import fit
 

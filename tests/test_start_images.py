@@ -8,12 +8,12 @@ from diffusers import AmusedImg2ImgPipeline, AmusedInpaintPipeline, AmusedSchedu
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
-from amused_lightning.args import ValidationArgs
-from amused_lightning.decoding import GenerationSettings, generate_pixels, to_pil
-from amused_lightning.generate import main as generate_main
-from amused_lightning.module import AmusedModule
-from amused_lightning.pipeline import TrainedPipeline
-from amused_lightning.start_images import StartImages, first_step, repaint_mask, start_pixels
+from amused_lightning.commands.generate import main as generate_main
+from amused_lightning.model.amused import TrainedPipeline
+from amused_lightning.model.decoding import GenerationSettings, generate_pixels, to_pil
+from amused_lightning.model.start_images import StartImages, first_step, repaint_mask, start_pixels
+from amused_lightning.training.module import AmusedModule
+from amused_lightning.training.settings import ValidationArgs
 
 from helpers import fails_with
 

@@ -18,8 +18,8 @@ import torch
 import yaml
 from PIL import Image
 
-from amused_lightning.check_data import main as check_data
-from amused_lightning.cli import cli_main
+from amused_lightning.commands.check_data import main as check_data
+from amused_lightning.commands.fit import cli_main
 from amused_lightning.data import HFDataset, HFStream, WebDataset
 from amused_lightning.data.bad_data import BadImageError
 from amused_lightning.data.sources import DataSourceError

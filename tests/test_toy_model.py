@@ -7,10 +7,10 @@ import warnings
 import pytest
 import torch
 
-from amused_lightning.components import EMBEDDED, load_components
-from amused_lightning.decoding import GenerationSettings, generate_images
-from amused_lightning.image_metrics import ToyWorldScore
-from amused_lightning.toy_world import evaluation_characters
+from amused_lightning.model.components import EMBEDDED, load_components
+from amused_lightning.model.decoding import GenerationSettings, generate_images
+from amused_lightning.toy.image_metrics import ToyWorldScore
+from amused_lightning.toy.world import evaluation_characters
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from amused_lightning.image_metrics import ClipScore, ToyWorldScore, evaluate_image_metrics, palette_cell_agreement
-from amused_lightning.toy_world import (
+from amused_lightning.toy.image_metrics import ClipScore, ToyWorldScore, evaluate_image_metrics, palette_cell_agreement
+from amused_lightning.toy.world import (
     HELD_BACK_COLOR,
     HELD_BACK_HEAD,
     Character,

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from amused_lightning.cli import cli_main
-from amused_lightning.ema import find_ema
-from amused_lightning.validation import held_out_mask
+from amused_lightning.callbacks.ema import find_ema
+from amused_lightning.commands.fit import cli_main
+from amused_lightning.training.validation import held_out_mask
 
 from helpers import fit, image_steps, scalars
 

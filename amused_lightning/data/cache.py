@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from amused_lightning.batch import IMAGE_TOKENS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
 from amused_lightning.data.bad_data import BadImageError
+from amused_lightning.data.batch import IMAGE_TOKENS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
 from amused_lightning.data.captions import caption_index
 from amused_lightning.data.transforms import has_unique_crop, preprocess_image
-from amused_lightning.encoding import (
+from amused_lightning.model.encoding import (
     FrozenEncoders,
     encode_image_tokens,
     encode_prompts,

@@ -13,9 +13,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from amused_lightning.args import as_settings
-from amused_lightning.batch import POSITION, Batch
 from amused_lightning.data.bad_data import ON_BAD_IMAGE, BadImageError, apply_to_scan
+from amused_lightning.data.batch import POSITION, Batch
 from amused_lightning.data.bucket_sampler import BucketSampler
 from amused_lightning.data.buckets import (
     AspectBuckets,
@@ -32,7 +31,8 @@ from amused_lightning.data.sampler import ResumableSampler
 from amused_lightning.data.sources import DataSource, DataSourceError, Split
 from amused_lightning.data.stream_dataset import StreamLayout, check_same_layout, stream_training_data
 from amused_lightning.data.streams import StreamSource
-from amused_lightning.encoding import FrozenEncoders, pixels_per_token
+from amused_lightning.model.encoding import FrozenEncoders, pixels_per_token
+from amused_lightning.training.settings import as_settings
 
 log = logging.getLogger(__name__)
 CACHE_MODES = ("auto", "on", "off")

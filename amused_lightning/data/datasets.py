@@ -11,13 +11,13 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from amused_lightning.batch import INPUT_IDS, POSITION
 from amused_lightning.data.bad_data import draw
+from amused_lightning.data.batch import INPUT_IDS, POSITION
 from amused_lightning.data.buckets import RowLayout
 from amused_lightning.data.cache import TokenCache
 from amused_lightning.data.sources import DataSource
 from amused_lightning.data.transforms import preprocess_image
-from amused_lightning.encoding import tokenize_prompts
+from amused_lightning.model.encoding import tokenize_prompts
 
 REPLACED = "replaced"
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from amused_lightning.data.buckets import RowLayout
 from amused_lightning.data.sources import DataSource
 from amused_lightning.data.transforms import upright_size
-from amused_lightning.presets import CLIP_MAX_LENGTH
+from amused_lightning.model.presets import CLIP_MAX_LENGTH
 from amused_lightning.progress import iterate
 
 # Aspect ratios (width:height) images are counted under, by the nearest one; portrait ones are added flipped.

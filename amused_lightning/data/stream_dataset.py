@@ -25,14 +25,14 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
-from amused_lightning.batch import INPUT_IDS, POSITION
 from amused_lightning.data.bad_data import BadImageError, UnusableImage, draw, load_image
+from amused_lightning.data.batch import INPUT_IDS, POSITION
 from amused_lightning.data.captions import caption_index
 from amused_lightning.data.datasets import REPLACED
 from amused_lightning.data.sources import DataSourceError
 from amused_lightning.data.streams import Record, RecordId, RecordList, StreamSource, held_out_records
 from amused_lightning.data.transforms import preprocess_image
-from amused_lightning.encoding import tokenize_prompts
+from amused_lightning.model.encoding import tokenize_prompts
 from amused_lightning.seeding import derive_seed
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from amused_lightning.batch import MICRO_CONDS, PIXEL_VALUES
 from amused_lightning.data.bad_data import ImageData
+from amused_lightning.data.batch import MICRO_CONDS, PIXEL_VALUES
 
 ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 

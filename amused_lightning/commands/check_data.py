@@ -46,7 +46,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def fit_settings(argv: list[str]):
     """fit's settings from `argv`, parsed and checked as fit parses them (links included); nothing is built."""
-    from amused_lightning.cli import AmusedCLI, cli_main
+    from amused_lightning.commands.fit import AmusedCLI, cli_main
 
     class ParseOnly(AmusedCLI):
         def before_instantiate_classes(self) -> None:
@@ -92,10 +92,10 @@ def bucket_lines(datamodule: AmusedDataModule, source: DataSource, settings, rep
                  train_rows: list[int]) -> list[str] | None:
     """The training rows per aspect-ratio bucket, from the sizes the report read, as `fit` assigns them; None when
     buckets are off."""
-    from amused_lightning.components import load_grid_configs
     from amused_lightning.data.buckets import bucket_grids, bucket_layout
     from amused_lightning.data.report import format_buckets
-    from amused_lightning.encoding import pixels_per_token, token_grid_multiple
+    from amused_lightning.model.components import load_grid_configs
+    from amused_lightning.model.encoding import pixels_per_token, token_grid_multiple
 
     if datamodule.buckets is None:
         return None
@@ -123,8 +123,8 @@ def rows_to_check(datamodule: AmusedDataModule, records: int) -> DataSource:
 def main(argv: list[str] | None = None) -> DataReport:
     args, rest = parse(argv)
     # torch, Lightning and datasets load only once the arguments are known good: `--help` stays instant.
-    from amused_lightning.components import load_tokenizer
     from amused_lightning.data.report import format_report, scan_source
+    from amused_lightning.model.components import load_tokenizer
 
     settings = fit_settings(rest)
     path = preview_path(args, settings) if args.samples else None

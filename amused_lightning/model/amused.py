@@ -9,13 +9,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from amused_lightning.adapters import LoraSettings, add_lora, check_lora_settings, has_lora, load_lora_file
-from amused_lightning.args import TextEncoderArgs, as_settings
-from amused_lightning.components import Components, load_components
-from amused_lightning.decoding import GenerationSettings, generate_images
-from amused_lightning.ema import EMA, resolve_weights
+from amused_lightning.callbacks.ema import EMA, resolve_weights
 from amused_lightning.errors import MissingPathError, SettingError
-from amused_lightning.start_images import StartImages
+from amused_lightning.model.adapters import LoraSettings, add_lora, check_lora_settings, has_lora, load_lora_file
+from amused_lightning.model.components import Components, load_components
+from amused_lightning.model.decoding import GenerationSettings, generate_images
+from amused_lightning.model.start_images import StartImages
+from amused_lightning.training.settings import TextEncoderArgs, as_settings
 
 CHECKPOINT_MARK = "amused_lightning"
 CHECKPOINT_FORMAT = 2

@@ -12,8 +12,8 @@ import torch
 from diffusers import VQModel
 from PIL import Image
 
-from amused_lightning.encoding import encode_image_tokens, pixels_per_token
 from amused_lightning.errors import MissingPathError, SettingError
+from amused_lightning.model.encoding import encode_image_tokens, pixels_per_token
 
 IMG2IMG_STRENGTH = 0.5
 INPAINT_STRENGTH = 1.0

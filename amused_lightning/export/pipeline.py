@@ -16,17 +16,17 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextModelWithProjection
 
-from amused_lightning.adapters import has_lora, lora_metadata, lora_state_dict
-from amused_lightning.components import SUBFOLDERS, Components
-from amused_lightning.ema import EMA, find_ema
+from amused_lightning.callbacks.ema import EMA, find_ema
 from amused_lightning.errors import ExistingOutputError, SettingError
+from amused_lightning.export.card import CARD_NAME, SAMPLES_NAME, CardFacts, card_facts, run_record, write_card
+from amused_lightning.export.hub import HubError, check_push, check_repo_id, push_export
 from amused_lightning.formats import LORA_WEIGHT_NAME, WEIGHT_CHOICES
-from amused_lightning.hub import HubError, check_push, check_repo_id, push_export
-from amused_lightning.model_card import CARD_NAME, SAMPLES_NAME, CardFacts, card_facts, run_record, write_card
-from amused_lightning.optim import class_path
-from amused_lightning.pipeline import CHECKPOINT_MARK, ModelSpec, TrainedPipeline
+from amused_lightning.model.adapters import has_lora, lora_metadata, lora_state_dict
+from amused_lightning.model.amused import CHECKPOINT_MARK, ModelSpec, TrainedPipeline
+from amused_lightning.model.components import SUBFOLDERS, Components
 from amused_lightning.quiet import without_transformers_bars
-from amused_lightning.run_lock import is_first_process
+from amused_lightning.run.lock import is_first_process
+from amused_lightning.training.optim import class_path
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,15 @@ import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from amused_lightning.adapters import LoraSettings
-from amused_lightning.args import LRScheduleArgs, MemoryArgs, ValidationArgs
-from amused_lightning.decoding import GenerationSettings
-from amused_lightning.encoding import pixels_per_token
-from amused_lightning.memsim.common import (
+from amused_lightning.callbacks.placement import FrozenPlacement
+from amused_lightning.model.adapters import LoraSettings
+from amused_lightning.model.decoding import GenerationSettings
+from amused_lightning.model.encoding import pixels_per_token
+from amused_lightning.training.module import AmusedModule
+from amused_lightning.training.offload import OffloadedAdamW, OffloadedAdamW8bit
+from amused_lightning.training.settings import LRScheduleArgs, MemoryArgs, ValidationArgs
+
+from memsim.common import (
     DEVICE,
     SimResult,
     SimRow,
@@ -31,11 +35,8 @@ from amused_lightning.memsim.common import (
     pixel_batch,
     simulated_micro_batches,
 )
-from amused_lightning.memsim.fake import built_on_meta, fake_cuda
-from amused_lightning.memsim.tracker import MemoryTracker
-from amused_lightning.module import AmusedModule
-from amused_lightning.offload import OffloadedAdamW, OffloadedAdamW8bit
-from amused_lightning.placement import FrozenPlacement
+from memsim.fake import built_on_meta, fake_cuda
+from memsim.tracker import MemoryTracker
 
 
 class LoopState:

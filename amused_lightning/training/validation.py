@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from amused_lightning.masking import random_token_mask
 from amused_lightning.seeding import derive_seed
+from amused_lightning.training.masking import random_token_mask
 
 
 def held_out_mask(positions: torch.Tensor, seq_len: int, ratio: float, ratio_index: int, seed: int) -> torch.Tensor:

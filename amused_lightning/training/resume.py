@@ -12,11 +12,11 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from amused_lightning.adapters import LoraSettings
-from amused_lightning.components import resolve_embedded
 from amused_lightning.errors import MissingPathError, SettingError
-from amused_lightning.pipeline import ModelSpec
-from amused_lightning.presets import PRESETS
+from amused_lightning.model.adapters import LoraSettings
+from amused_lightning.model.amused import ModelSpec
+from amused_lightning.model.components import resolve_embedded
+from amused_lightning.model.presets import PRESETS
 
 log = logging.getLogger(__name__)
 

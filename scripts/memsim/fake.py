@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 
-from amused_lightning.memsim.tracker import MemoryTracker
+from memsim.tracker import MemoryTracker
 
 T = TypeVar("T")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from amused_lightning.adapters import TextEncoderLoraSettings
-from amused_lightning.decoding import GenerationSettings, check_generation_settings
 from amused_lightning.errors import SettingError
-from amused_lightning.optim import LR_SCHEDULES
-from amused_lightning.start_images import StartImages, check_strength, read_image, read_mask, strength_or_default
+from amused_lightning.model.adapters import TextEncoderLoraSettings
+from amused_lightning.model.decoding import GenerationSettings, check_generation_settings
+from amused_lightning.model.start_images import StartImages, check_strength, read_image, read_mask, strength_or_default
+from amused_lightning.training.optim import LR_SCHEDULES
 
 
 def as_settings(cls: type, value: Any) -> Any:

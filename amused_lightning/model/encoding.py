@@ -8,7 +8,7 @@ import torch
 from diffusers import VQModel
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-from amused_lightning.presets import CLIP_MAX_LENGTH
+from amused_lightning.model.presets import CLIP_MAX_LENGTH
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
     model:
       image_metrics:
-        - class_path: amused_lightning.image_metrics.ToyWorldScore
-        - class_path: amused_lightning.image_metrics.ClipScore
+        - class_path: amused_lightning.toy.image_metrics.ToyWorldScore
+        - class_path: amused_lightning.toy.image_metrics.ClipScore
           init_args: {model_name_or_path: /models/clip-vit-base-patch16}
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from amused_lightning.toy_world import (
+from amused_lightning.toy.world import (
     BACKGROUNDS,
     BODY_BOX,
     COLORS,

@@ -22,9 +22,11 @@ from torch import nn
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 from transformers import CLIPTextModelWithProjection
 
-from amused_lightning.decoding import GenerationSettings, decode_image_tokens, generate_tokens
-from amused_lightning.encoding import pixels_per_token
-from amused_lightning.memsim.common import (
+from amused_lightning.model.decoding import GenerationSettings, decode_image_tokens, generate_tokens
+from amused_lightning.model.encoding import pixels_per_token
+from amused_lightning.model.presets import PRESETS, clip_text_config
+
+from memsim.common import (
     CLIP_LENGTH,
     DEVICE,
     SimResult,
@@ -34,9 +36,8 @@ from amused_lightning.memsim.common import (
     pixel_batch,
     simulated_micro_batches,
 )
-from amused_lightning.memsim.fake import built_on_meta, fake_cuda
-from amused_lightning.memsim.tracker import MemoryTracker
-from amused_lightning.presets import PRESETS, clip_text_config
+from memsim.fake import built_on_meta, fake_cuda
+from memsim.tracker import MemoryTracker
 
 NO_DECAY = ("bias", "layer_norm.weight", "mlm_ln.weight", "embeddings.weight")  # the script's name fragments
 

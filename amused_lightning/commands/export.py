@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from amused_lightning.config_file import CommandParser, add_config_argument, parse_with_config
+from amused_lightning.commands.config_file import CommandParser, add_config_argument, parse_with_config
 from amused_lightning.formats import WEIGHT_CHOICES
 
 
@@ -46,10 +46,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse(argv)
     # torch, diffusers and Lightning load only once the arguments are known good: `--help` stays instant.
-    from amused_lightning.export import check_merge_lora, export_pipeline, push_written_export, run_folder_of
-    from amused_lightning.hub import check_push
-    from amused_lightning.model_card import card_facts
-    from amused_lightning.pipeline import ModelSpec, TrainedPipeline, read_checkpoint
+    from amused_lightning.export.card import card_facts
+    from amused_lightning.export.hub import check_push
+    from amused_lightning.export.pipeline import check_merge_lora, export_pipeline, push_written_export, run_folder_of
+    from amused_lightning.model.amused import ModelSpec, TrainedPipeline, read_checkpoint
 
     checkpoint = read_checkpoint(args.checkpoint)
     check_merge_lora(ModelSpec.from_hparams(checkpoint["hyper_parameters"]), args.merge_lora, "--merge-lora")

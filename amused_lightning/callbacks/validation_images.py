@@ -11,7 +11,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.loggers import CometLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
-from amused_lightning.validation import ValidationImages
+from amused_lightning.training.validation import ValidationImages
 
 log = logging.getLogger(__name__)
 

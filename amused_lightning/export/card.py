@@ -13,12 +13,12 @@ from typing import Any
 import lightning as L
 import yaml
 
-from amused_lightning.adapters import LoraSettings
-from amused_lightning.components import EMBEDDED
-from amused_lightning.ema import find_ema
+from amused_lightning.callbacks.ema import find_ema
 from amused_lightning.formats import LORA_WEIGHT_NAME
-from amused_lightning.pipeline import CHECKPOINT_MARK, ModelSpec
-from amused_lightning.presets import PRESETS
+from amused_lightning.model.adapters import LoraSettings
+from amused_lightning.model.amused import CHECKPOINT_MARK, ModelSpec
+from amused_lightning.model.components import EMBEDDED
+from amused_lightning.model.presets import PRESETS
 
 CARD_NAME = "README.md"
 SAMPLES_NAME = "samples.png"

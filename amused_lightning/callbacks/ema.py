@@ -98,7 +98,7 @@ def resolve_weights(has_ema: bool, weights: str | None) -> str:
 class EMA(L.Callback):
     """Keeps the average of the trained weights through a fit, validates with it, and checkpoints it."""
 
-    STATE_KEY = "amused_lightning.ema"
+    STATE_KEY = "amused_lightning.callbacks.ema"
 
     def __init__(self, enabled: bool = False, decay: float = 0.9999, update_after_step: int = 0):
         """

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from amused_lightning.memsim.tracker import MemoryTracker
+from memsim.tracker import MemoryTracker
 
 DEVICE = torch.device("cuda", 0)
 CLIP_LENGTH, CLIP_WIDTH = 77, 768

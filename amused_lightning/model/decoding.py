@@ -10,10 +10,10 @@ import torch
 from diffusers import UVit2DModel, VQModel
 from PIL import Image
 
-from amused_lightning.encoding import encode_prompts, pixels_per_token, token_grid_multiple, tokenize_prompts
 from amused_lightning.errors import SettingError
-from amused_lightning.memory import encoding_parts, on_device, sampling_parts
-from amused_lightning.start_images import DecodingStart, StartImages, decoding_start
+from amused_lightning.model.encoding import encode_prompts, pixels_per_token, token_grid_multiple, tokenize_prompts
+from amused_lightning.model.memory import encoding_parts, on_device, sampling_parts
+from amused_lightning.model.start_images import DecodingStart, StartImages, decoding_start
 
 
 @dataclass

@@ -7,8 +7,8 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
 
-from amused_lightning.batch import has_prompt_embeddings, is_pre_encoded
-from amused_lightning.memory import module_device
+from amused_lightning.data.batch import has_prompt_embeddings, is_pre_encoded
+from amused_lightning.model.memory import module_device
 
 # Autocast runs these layers in the low-precision dtype, casting fp32 weights at every call; storing frozen weights
 # already cast gives the same numbers with half the memory. Norms and embeddings run in fp32 and are left alone.

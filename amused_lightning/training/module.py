@@ -15,20 +15,20 @@ from PIL import Image
 from torch import nn
 from torchmetrics import MeanMetric
 
-from amused_lightning.activation_checkpointing import enable_gradient_checkpointing
-from amused_lightning.adapters import LoraSettings
-from amused_lightning.args import (
-    LRScheduleArgs,
-    MemoryArgs,
-    ObjectiveArgs,
-    TextEncoderArgs,
-    ValidationArgs,
-    as_settings,
+from amused_lightning.data.batch import Batch, has_prompt_embeddings, is_pre_encoded
+from amused_lightning.errors import SettingError
+from amused_lightning.export.card import run_record
+from amused_lightning.model.adapters import LoraSettings
+from amused_lightning.model.amused import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_MARK,
+    ModelSpec,
+    build_trained_parts,
+    check_checkpoint_mark,
 )
-from amused_lightning.batch import Batch, has_prompt_embeddings, is_pre_encoded
-from amused_lightning.components import components_identity
-from amused_lightning.decoding import GenerationSettings, generate_pixels, to_pil
-from amused_lightning.encoding import (
+from amused_lightning.model.components import components_identity
+from amused_lightning.model.decoding import GenerationSettings, generate_pixels, to_pil
+from amused_lightning.model.encoding import (
     FrozenEncoders,
     drop_conditioning,
     encode_image_tokens,
@@ -36,14 +36,14 @@ from amused_lightning.encoding import (
     token_grid_multiple,
     tokenize_prompts,
 )
-from amused_lightning.errors import SettingError
-from amused_lightning.heads import enable_masked_head, logits_only_at
-from amused_lightning.image_metrics import ImageMetric, evaluate_image_metrics
-from amused_lightning.loss import masked_token_loss, masked_token_scores
-from amused_lightning.masking import apply_mask, random_token_mask, sample_mask_ratios
-from amused_lightning.memory import on_device
-from amused_lightning.model_card import run_record
-from amused_lightning.optim import (
+from amused_lightning.model.memory import on_device
+from amused_lightning.seeding import derive_seed, micro_batch_slot
+from amused_lightning.toy.image_metrics import ImageMetric, evaluate_image_metrics
+from amused_lightning.training.activation_checkpointing import enable_gradient_checkpointing
+from amused_lightning.training.heads import enable_masked_head, logits_only_at
+from amused_lightning.training.loss import masked_token_loss, masked_token_scores
+from amused_lightning.training.masking import apply_mask, random_token_mask, sample_mask_ratios
+from amused_lightning.training.optim import (
     check_same_optimizer,
     class_path,
     group_settings,
@@ -51,15 +51,20 @@ from amused_lightning.optim import (
     parameter_groups,
     reapply_settings,
 )
-from amused_lightning.pipeline import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_MARK,
-    ModelSpec,
-    build_trained_parts,
-    check_checkpoint_mark,
+from amused_lightning.training.settings import (
+    LRScheduleArgs,
+    MemoryArgs,
+    ObjectiveArgs,
+    TextEncoderArgs,
+    ValidationArgs,
+    as_settings,
 )
-from amused_lightning.seeding import derive_seed, micro_batch_slot
-from amused_lightning.validation import ValidationImages, held_out_mask, held_out_scores, save_validation_images
+from amused_lightning.training.validation import (
+    ValidationImages,
+    held_out_mask,
+    held_out_scores,
+    save_validation_images,
+)
 
 log = logging.getLogger(__name__)
 

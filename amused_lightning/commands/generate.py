@@ -14,15 +14,15 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amused_lightning.config_file import CommandParser, add_config_argument, parse_with_config
+from amused_lightning.commands.config_file import CommandParser, add_config_argument, parse_with_config
 from amused_lightning.errors import ExistingOutputError, SettingError
 from amused_lightning.formats import LORA_WEIGHT_NAME, WEIGHT_CHOICES
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from amused_lightning.pipeline import TrainedPipeline
-    from amused_lightning.start_images import StartImages
+    from amused_lightning.model.amused import TrainedPipeline
+    from amused_lightning.model.start_images import StartImages
 
 
 def output_names(prompts: list[str], num_images: int) -> list[str]:
@@ -36,7 +36,7 @@ def output_names(prompts: list[str], num_images: int) -> list[str]:
 
 def load_pipeline(args: argparse.Namespace) -> TrainedPipeline:
     """The model named by exactly one of --checkpoint, --pipeline, --pretrained (+ --lora)."""
-    from amused_lightning.pipeline import TrainedPipeline
+    from amused_lightning.model.amused import TrainedPipeline
 
     if args.checkpoint:
         return TrainedPipeline.from_file(args.checkpoint, args.weights)
@@ -50,7 +50,7 @@ def load_pipeline(args: argparse.Namespace) -> TrainedPipeline:
 
 def read_start_files(args: argparse.Namespace) -> tuple[Image.Image | None, Image.Image | None]:
     """--image and --mask read, and --strength checked against --steps, before the model loads."""
-    from amused_lightning.start_images import check_strength, read_image, read_mask, strength_or_default
+    from amused_lightning.model.start_images import check_strength, read_image, read_mask, strength_or_default
 
     if args.image is None:
         return None, None
@@ -63,7 +63,7 @@ def read_start_files(args: argparse.Namespace) -> tuple[Image.Image | None, Imag
 def start_for(image: Image.Image | None, mask: Image.Image | None, strength: float | None,
               count: int) -> StartImages | None:
     """The one --image (and --mask) as the start of `count` prompts; None without --image."""
-    from amused_lightning.start_images import StartImages
+    from amused_lightning.model.start_images import StartImages
 
     if image is None:
         return None
@@ -73,8 +73,8 @@ def start_for(image: Image.Image | None, mask: Image.Image | None, strength: flo
 def image_size(args: argparse.Namespace, pipeline: TrainedPipeline) -> tuple[int, int]:
     """(width, height) from --width, --height and --resolution (default: the model's square); an error naming the
     option whose value the model's token grid cannot take."""
-    from amused_lightning.decoding import image_size_step
-    from amused_lightning.encoding import pixels_per_token
+    from amused_lightning.model.decoding import image_size_step
+    from amused_lightning.model.encoding import pixels_per_token
 
     transformer, vqvae = pipeline.parts.transformer, pipeline.parts.vqvae
     factor, step = pixels_per_token(vqvae.config), image_size_step(transformer, vqvae)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     # torch and diffusers load only once the arguments are known good: `--help` and usage errors stay instant.
     import torch
 
-    from amused_lightning.decoding import GenerationSettings, check_generation_settings
+    from amused_lightning.model.decoding import GenerationSettings, check_generation_settings
     from amused_lightning.progress import iterate
 
     settings = GenerationSettings(num_inference_steps=args.steps, guidance_scale=args.guidance_scale)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from amused_lightning.masking import IGNORE_INDEX
+from amused_lightning.training.masking import IGNORE_INDEX
 
 
 def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -11,7 +11,7 @@ from diffusers import AmusedScheduler, UVit2DModel, VQModel
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from amused_lightning.errors import UserError
-from amused_lightning.presets import PRESETS, byte_level_clip_tokenizer, clip_text_config
+from amused_lightning.model.presets import PRESETS, byte_level_clip_tokenizer, clip_text_config
 from amused_lightning.quiet import without_transformers_bars
 from amused_lightning.seeding import derive_seed
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 SUBFOLDERS = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
 # Pipelines shipped inside the package, by name: no download, no build step. A local folder of the same name is
 # reached by a path such as ./toy.
-EMBEDDED = {"toy": Path(__file__).resolve().parent / "pretrained" / "toy"}
+EMBEDDED = {"toy": Path(__file__).resolve().parents[1] / "pretrained" / "toy"}
 
 
 class ComponentLoadError(UserError, RuntimeError):

@@ -12,20 +12,20 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from amused_lightning.callbacks.ema import EMA
+from amused_lightning.callbacks.guard import NonFiniteGuard
+from amused_lightning.callbacks.placement import FrozenPlacement
+from amused_lightning.callbacks.preemption import Preemption
+from amused_lightning.callbacks.validation_images import ValidationImageLogger
+from amused_lightning.commands.trainer_checks import check_trainer_settings
 from amused_lightning.data import AmusedDataModule
-from amused_lightning.ema import EMA
 from amused_lightning.errors import ExistingOutputError, SettingError
-from amused_lightning.export import FinalExport
-from amused_lightning.guard import NonFiniteGuard
-from amused_lightning.image_logging import ValidationImageLogger
-from amused_lightning.module import AmusedModule
-from amused_lightning.pipeline import read_checkpoint
-from amused_lightning.placement import FrozenPlacement
-from amused_lightning.preemption import Preemption
+from amused_lightning.export.pipeline import FinalExport
+from amused_lightning.model.amused import read_checkpoint
 from amused_lightning.progress import StepProgress, held_out_table
-from amused_lightning.resume import StartStep, check_ckpt_path, check_resume_settings, resolve_last, run_logger
-from amused_lightning.run_lock import RunLock, is_first_process, lock_run_folder
-from amused_lightning.trainer_checks import check_trainer_settings
+from amused_lightning.run.lock import RunLock, is_first_process, lock_run_folder
+from amused_lightning.training.module import AmusedModule
+from amused_lightning.training.resume import StartStep, check_ckpt_path, check_resume_settings, resolve_last, run_logger
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Training: the LightningModule around the model, its settings, objective, optimizers and resume rules."""
