@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["AmusedDataModule", "AmusedModule"]
+__all__ = ["AmusedDataModule", "AmusedModel", "AmusedModule", "fit"]
 # Imported on first use: `python -m amused_lightning --help` (and export, generate) need neither.
-_LAZY = {"AmusedDataModule": "amused_lightning.data", "AmusedModule": "amused_lightning.training.module"}
+_LAZY = {"AmusedDataModule": "amused_lightning.data", "AmusedModel": "amused_lightning.model.amused",
+         "AmusedModule": "amused_lightning.training.module", "fit": "amused_lightning.training.fit"}
 
 
 def __getattr__(name: str) -> Any:

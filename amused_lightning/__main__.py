@@ -21,9 +21,9 @@ class Command(NamedTuple):
 
 COMMANDS = {
     "fit": Command("train (or resume with --ckpt_path last) from a config: --config configs/<recipe>.yaml",
-                   "amused_lightning.commands.fit:fit"),
+                   "amused_lightning.commands.fit:main"),
     "validate": Command("score a checkpoint on the held-out data and draw its validation images",
-                        "amused_lightning.commands.fit:validate"),
+                        "amused_lightning.commands.validate:main"),
     "export": Command("write a checkpoint as a diffusers pipeline folder and LoRA file",
                       "amused_lightning.commands.export:main"),
     "check-data": Command("report a config's data without training: rows, captions, sizes, a preview grid",

@@ -26,12 +26,13 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from amused_lightning.callbacks.placement import FrozenPlacement
+from amused_lightning.callbacks.validation_images import draw
 from amused_lightning.data.batch import IMAGE_TOKENS, INPUT_IDS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
 from amused_lightning.model.adapters import LoraSettings
 from amused_lightning.model.encoding import encode_image_tokens, encode_prompts, pixels_per_token
 from amused_lightning.training.module import AmusedModule
 from amused_lightning.training.offload import OffloadedAdamW, OffloadedAdamW8bit
-from amused_lightning.training.settings import LRScheduleArgs, MemoryArgs, ValidationArgs
+from amused_lightning.training.settings import LRScheduleSettings, MemorySettings, ValidationSettings
 
 GB = 1e9  # the seed tables' unit; ours are reported in the same unit
 
@@ -88,11 +89,11 @@ class SyntheticBatches(Dataset):
 
     def __init__(self, module: AmusedModule, resolution: int, length: int, pre_encoded: bool):
         self.length, self.pre_encoded, self.resolution = length, pre_encoded, resolution
-        self.codes = module.vqvae.config.num_vq_embeddings
-        self.grid = resolution // pixels_per_token(module.vqvae.config)
-        self.width = module.text_encoder.config.hidden_size
-        self.projection = module.text_encoder.config.projection_dim
-        self.vocab = len(module.tokenizer)
+        self.codes = module.model.vqvae.config.num_vq_embeddings
+        self.grid = resolution // pixels_per_token(module.model.vqvae.config)
+        self.width = module.model.text_encoder.config.hidden_size
+        self.projection = module.model.text_encoder.config.projection_dim
+        self.vocab = len(module.model.tokenizer)
 
     def __len__(self) -> int:
         return self.length
@@ -148,9 +149,9 @@ def build_module(row: Row, offload_optimizer: bool = False) -> AmusedModule:
     else:
         optimizer = functools.partial(torch.optim.AdamW, lr=1e-5, fused=torch.cuda.is_available())
     return AmusedModule(pretrained=row.preset, optimizer=optimizer, lora=lora,
-                        memory=MemoryArgs(gradient_checkpointing=row.checkpointing),
-                        lr_schedule=LRScheduleArgs(warmup_steps=0),
-                        validation=ValidationArgs(["a pixel art character"] * validation_prompt_count(row)))
+                        memory=MemorySettings(gradient_checkpointing=row.checkpointing),
+                        lr_schedule=LRScheduleSettings(warmup_steps=0),
+                        validation=ValidationSettings(["a pixel art character"] * validation_prompt_count(row)))
 
 
 def model_flops_per_sample(module: AmusedModule, row: Row, pre_encoded: bool) -> float:
@@ -159,13 +160,13 @@ def model_flops_per_sample(module: AmusedModule, row: Row, pre_encoded: bool) ->
     data = SyntheticBatches(module, row.resolution, 1, pre_encoded=False)[0]
     device = module.device
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        tokens = encode_image_tokens(module.vqvae, data[PIXEL_VALUES][None].to(device))
+        tokens = encode_image_tokens(module.model.vqvae, data[PIXEL_VALUES][None].to(device))
     encoder_flops = counter.get_total_flops()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        hidden, pooled = encode_prompts(module.text_encoder, data[INPUT_IDS][None].to(device))
+        hidden, pooled = encode_prompts(module.model.text_encoder, data[INPUT_IDS][None].to(device))
     encoder_flops += counter.get_total_flops()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module.transformer(tokens, encoder_hidden_states=hidden.float(), pooled_text_emb=pooled.float(),
+        module.model.transformer(tokens, encoder_hidden_states=hidden.float(), pooled_text_emb=pooled.float(),
                            micro_conds=data[MICRO_CONDS][None].to(device))
     transformer_flops = counter.get_total_flops() * (2 if row.mode == "lora" else 3)
     return transformer_flops + (0 if pre_encoded else encoder_flops)
@@ -180,7 +181,7 @@ def validation_peak(module: AmusedModule, trainer: L.Trainer) -> float:
     """Peak reserved memory while the module samples its validation images as a fit's validation does."""
     torch.cuda.reset_peak_memory_stats()
     with trainer.precision_plugin.forward_context():
-        module.validation_pixels()
+        draw(module)
     return torch.cuda.max_memory_reserved() / GB
 
 

@@ -25,7 +25,7 @@ from diffusers import AmusedScheduler, UVit2DModel, VQModel
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from amused_lightning.export.pipeline import MODEL_INDEX
+from amused_lightning.model.amused import MODEL_INDEX
 from amused_lightning.model.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
 from amused_lightning.model.presets import CLIP_MAX_LENGTH
 from amused_lightning.seeding import derive_seed

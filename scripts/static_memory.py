@@ -61,7 +61,8 @@ def place_as_at_fit_start(module: AmusedModule, precision: str, batch_keys: Iter
     dtype = AUTOCAST_DTYPES.get(precision)
     if dtype is not None:
         cast_frozen_weights(module, dtype)
-    return unused_frozen_parts(module.vqvae, module.text_encoder, module.text_encoder_trains, dict.fromkeys(batch_keys))
+    model = module.model
+    return unused_frozen_parts(model.vqvae, model.text_encoder, model.text_encoder_trains, dict.fromkeys(batch_keys))
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:

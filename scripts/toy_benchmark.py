@@ -26,12 +26,14 @@ import torch
 import yaml
 from PIL import Image
 
+from amused_lightning.callbacks.validation_images import image_grid
+from amused_lightning.model.amused import AmusedModel
 from amused_lightning.model.components import Components, load_components
-from amused_lightning.model.decoding import GenerationSettings, decode_image_tokens, generate_images, to_pil
+from amused_lightning.model.decoding import GenerationSettings, decode_image_tokens, to_pil
 from amused_lightning.model.encoding import encode_image_tokens
+from amused_lightning.model.spec import ModelSpec
 from amused_lightning.toy.image_metrics import ToyWorldScore, palette_cell_agreement
 from amused_lightning.toy.world import draw_character, evaluation_characters
-from amused_lightning.training.validation import image_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART_DATA = ["scripts/make_toy_dataset.py", "data/toy-teal-crown", "--world", "finetune", "--num-images",
@@ -59,9 +61,7 @@ def vq_cell_accuracy(parts: Components, count: int = 64) -> float:
 
 def draw(parts: Components, prompts: list[str], guidance: float, seed: int = 0) -> list:
     """Images of `prompts` with the pipeline's default sampling settings but `guidance`."""
-    return generate_images(parts.transformer, parts.vqvae, parts.text_encoder, parts.tokenizer, prompts,
-                           GenerationSettings(guidance_scale=guidance), seed, None,
-                           parts.transformer.config.vocab_size - 1)
+    return AmusedModel(parts, ModelSpec("toy")).generate(prompts, GenerationSettings(guidance_scale=guidance), seed)
 
 
 def world_scores(parts: Components, guidance: float) -> dict[str, dict[str, float]]:

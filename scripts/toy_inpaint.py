@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from amused_lightning.model.amused import TrainedPipeline
+from amused_lightning.callbacks.validation_images import image_grid
+from amused_lightning.model.amused import AmusedModel
 from amused_lightning.model.decoding import GenerationSettings
 from amused_lightning.model.start_images import StartImages
 from amused_lightning.toy.image_metrics import read_attributes
@@ -29,7 +30,6 @@ from amused_lightning.toy.world import (
     draw_character,
     evaluation_characters,
 )
-from amused_lightning.training.validation import image_grid
 
 SIZE = 64
 CLOSE = 24  # pixel levels: what the VQ reconstruction of a flat cell stays within
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--grid", help="write starts, inpainted and text-to-image images of 6 characters here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    pipeline = TrainedPipeline.from_pretrained("toy")
+    pipeline = AmusedModel.from_pretrained("toy")
     characters = evaluation_characters("base")
     targets, mask = recoloured(characters), body_mask()
     starts = [draw_character(character, SIZE) for character in characters]

@@ -80,7 +80,7 @@ def train_two_layer_net(optimizer_class, steps: int = 4, width: int = 8, device:
 
 
 def transformer_weights(cli: AmusedCLI) -> dict:
-    return {k: v.clone() for k, v in cli.model.transformer.state_dict().items()}
+    return {k: v.clone() for k, v in cli.model.model.transformer.state_dict().items()}
 
 
 def _accumulators(root: Path):

@@ -30,7 +30,7 @@ def test_an_unknown_row_name_is_refused_with_the_names_there_are():
 @pytest.mark.parametrize("mode, state_bytes_per_weight", [("full", 8), ("lora", 8), ("8bit", None)])
 def test_static_memory_counts_trained_weights_gradients_and_optimizer_state(mode, state_bytes_per_weight):
     module = build_module(Row("tiny", "tiny", 64, mode, 1, 1, None))
-    transformer_bytes = sum(t.numel() * t.element_size() for t in module.transformer.state_dict().values())
+    transformer_bytes = sum(t.numel() * t.element_size() for t in module.model.transformer.state_dict().values())
     trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
     memory = measure(module, "16-mixed", PRE_ENCODED_KEYS)
     # Pre-encoded batches: the VQ model and text encoder are off the device; frozen layers are stored in fp16.

@@ -197,10 +197,10 @@ def test_a_bucketed_fit_trains_and_resumes_exactly(folder, tmp_path):
     step_2 = tmp_path / "straight" / "checkpoints" / "step=2.ckpt"
     resumed = fit(tmp_path / "resumed", folder, "--ckpt_path", str(step_2), *common)
     before = torch.load(step_2, weights_only=True)["state_dict"]
-    for key, value in straight.model.transformer.state_dict().items():
-        assert torch.allclose(value, resumed.model.transformer.state_dict()[key], atol=1e-6, rtol=0), key
+    for key, value in straight.model.model.transformer.state_dict().items():
+        assert torch.allclose(value, resumed.model.model.transformer.state_dict()[key], atol=1e-6, rtol=0), key
     assert any(not torch.equal(value, before[f"transformer.{key}"])
-               for key, value in straight.model.transformer.state_dict().items()), "step 3 trained"
+               for key, value in straight.model.model.transformer.state_dict().items()), "step 3 trained"
 
 
 def test_check_data_reports_the_bucket_histogram(folder, tmp_path, capsys):

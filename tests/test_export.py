@@ -68,7 +68,7 @@ def test_exported_lora_reloads_with_its_alpha(lora_run, tmp_path):
     fresh.load_lora_adapter(str(tmp_path), prefix="transformer", weight_name=LORA_WEIGHT_NAME)
     inputs = transformer_inputs()
     with torch.no_grad():
-        expected, actual = module.transformer(**inputs), fresh(**inputs)
+        expected, actual = module.model.transformer(**inputs), fresh(**inputs)
         base = load_components("tiny").transformer(**inputs)
     assert (expected - base).abs().max() > 1e-4, "the adapter must have learned something"
     assert torch.allclose(actual, expected, atol=1e-5), (actual - expected).abs().max()
@@ -85,8 +85,8 @@ def test_exported_pipeline_loads_and_generates(lora_run, tmp_path):
     assert image.size == (64, 64)
     merged = UVit2DModel.from_pretrained(str(tmp_path / "transformer"))
     inputs = transformer_inputs(1)
-    with find_ema(cli.trainer).average.swapped_in(module), torch.no_grad():
-        expected = module.transformer(**inputs)
+    with find_ema(cli.trainer).average.swapped_in(module.model), torch.no_grad():
+        expected = module.model.transformer(**inputs)
     assert torch.allclose(merged(**inputs), expected, atol=1e-5)
 
 

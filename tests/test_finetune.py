@@ -5,16 +5,16 @@ from diffusers.training_utils import EMAModel
 from amused_lightning.callbacks.ema import EMA, EmaSettings, TrainedWeightsEMA, find_ema
 from amused_lightning.callbacks.placement import FrozenPlacement
 from amused_lightning.model.adapters import LoraSettings, TextEncoderLoraSettings
+from amused_lightning.model.finetuning import TextEncoderSettings
 from amused_lightning.training.module import AmusedModule
 from amused_lightning.training.optim import LR_SCHEDULES, lr_schedule
-from amused_lightning.training.settings import TextEncoderArgs
 
 from helpers import fit, transformer_weights
 
 
 def test_transformer_lora_trains_only_adapters():
     module = AmusedModule(lora=LoraSettings(r=4, alpha=8))
-    trained = module.trained_state_keys()
+    trained = module.model.trained_keys()
     assert trained and all("lora_" in key and key.startswith("transformer.") for key in trained)
     targets = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in trained}
     assert targets == {"to_q", "to_k", "to_v"}
@@ -26,20 +26,21 @@ def test_lora_targets_that_match_nothing_are_rejected():
     with pytest.raises(ValueError, match=r"\['attn3.to_k'\] match no"):
         AmusedModule(lora=LoraSettings(target_modules=["attn2.to_k", "attn3.to_k"]))
     # Ends of full names, as peft matches them: only the cross-attention's keys.
-    trained = AmusedModule(lora=LoraSettings(target_modules=["attn2.to_k"])).trained_state_keys()
+    trained = AmusedModule(lora=LoraSettings(target_modules=["attn2.to_k"])).model.trained_keys()
     assert trained and all(".attn2.to_k.lora_" in key for key in trained)
     with pytest.raises(ValueError, match=r"model.text_encoder.lora.target_modules=\['to_q'\]"):
-        AmusedModule(text_encoder=TextEncoderArgs(train=True, lora=TextEncoderLoraSettings(target_modules=["to_q"])))
+        lora = TextEncoderLoraSettings(target_modules=["to_q"])
+        AmusedModule(text_encoder=TextEncoderSettings(train=True, lora=lora))
 
 
 def test_text_encoder_lora_uses_clip_names_and_moves_the_empty_prompt():
-    module = AmusedModule(text_encoder=TextEncoderArgs(train=True, lora=TextEncoderLoraSettings(r=2, alpha=4)))
-    text_keys = {k for k in module.trained_state_keys() if k.startswith("text_encoder.")}
+    module = AmusedModule(text_encoder=TextEncoderSettings(train=True, lora=TextEncoderLoraSettings(r=2, alpha=4)))
+    text_keys = {k for k in module.model.trained_keys() if k.startswith("text_encoder.")}
     assert text_keys and all("lora_" in k for k in text_keys)
     assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in text_keys} == {"q_proj", "k_proj", "v_proj", "out_proj"}
     before = module.empty_prompt_embeddings()[1].detach().clone()
     with torch.no_grad():
-        for name, param in module.text_encoder.named_parameters():
+        for name, param in module.model.text_encoder.named_parameters():
             if "lora_B" in name:
                 param.add_(0.5)
     after = module.empty_prompt_embeddings()[1]
@@ -48,9 +49,9 @@ def test_text_encoder_lora_uses_clip_names_and_moves_the_empty_prompt():
 
 
 def test_full_text_encoder_training_and_its_guard():
-    module = AmusedModule(text_encoder=TextEncoderArgs(train=True))
-    assert all(p.requires_grad for p in module.text_encoder.parameters())
-    assert module.train().text_encoder.training
+    module = AmusedModule(text_encoder=TextEncoderSettings(train=True))
+    assert all(p.requires_grad for p in module.model.text_encoder.parameters())
+    assert module.train().model.text_encoder.training
     with pytest.raises(ValueError, match="model.text_encoder.lora is set but model.text_encoder.train=False"):
         AmusedModule(text_encoder={"lora": TextEncoderLoraSettings()})
 
@@ -101,7 +102,7 @@ def test_eight_bit_adam_keeps_uint8_state_for_large_weights(tmp_path, toy_datase
     cli = fit(tmp_path, toy_dataset, "--trainer.max_steps", "1", "--model.text_encoder.train", "true",
               "--model.optimizer", "bitsandbytes.optim.AdamW8bit", "--model.optimizer.init_args.lr", "1e-4")
     optimizer = cli.trainer.optimizers[0]
-    embedding = cli.model.text_encoder.text_model.embeddings.token_embedding.weight
+    embedding = cli.model.model.text_encoder.text_model.embeddings.token_embedding.weight
     assert embedding.numel() >= 4096
     assert optimizer.state[embedding]["state1"].dtype == torch.uint8
     assert optimizer.state[embedding]["state2"].dtype == torch.uint8
@@ -130,7 +131,7 @@ def test_resume_is_exact_in_every_mode(mode, tmp_path, toy_dataset):
         for key, value in expected.items():
             assert torch.allclose(value, actual[key], atol=1e-6, rtol=0), key
     checkpoint = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert set(checkpoint["state_dict"]) == straight.model.trained_state_keys()
+    assert set(checkpoint["state_dict"]) == straight.model.model.trained_keys()
 
 
 def test_lora_checkpoint_holds_no_frozen_weights(tmp_path, toy_dataset):
@@ -139,7 +140,7 @@ def test_lora_checkpoint_holds_no_frozen_weights(tmp_path, toy_dataset):
     assert checkpoint["state_dict"] and all("lora_" in key for key in checkpoint["state_dict"])
     base = transformer_weights(cli)
     fresh = AmusedModule(lora=LoraSettings(r=4))
-    for key, value in fresh.transformer.state_dict().items():
+    for key, value in fresh.model.transformer.state_dict().items():
         if "lora_" not in key:
             assert torch.equal(value, base[key]), f"frozen base weight {key} changed"
 

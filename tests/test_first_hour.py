@@ -80,7 +80,8 @@ def test_harmless_messages_are_dropped_by_their_text_only(caplog):
 
 def test_frozen_parts_are_in_eval_mode_from_the_start():
     module = AmusedModule()
-    assert module.transformer.training and not module.vqvae.training and not module.text_encoder.training
+    model = module.model
+    assert model.transformer.training and not model.vqvae.training and not model.text_encoder.training
 
 
 def test_progress_lines_count_optimizer_steps():

@@ -22,8 +22,8 @@ def test_fp16_lora_run_offloads_frozen_parts_and_validates(tmp_path, toy_dataset
     module = cli.model
     placement = next(c for c in cli.trainer.callbacks if isinstance(c, FrozenPlacement))
     assert placement.cast_tensors > 0 and cli.trainer.global_step == 3
-    assert module.transformer.transformer_layers[0].attn1.to_q.base_layer.weight.dtype == torch.float16
-    assert module.vqvae.encoder.conv_in.weight.dtype == torch.float32
+    assert module.model.transformer.transformer_layers[0].attn1.to_q.base_layer.weight.dtype == torch.float16
+    assert module.model.vqvae.encoder.conv_in.weight.dtype == torch.float32
     assert (tmp_path / "validation" / "step=000002.png").is_file()
 
 
@@ -37,12 +37,12 @@ def test_frozen_parts_are_off_the_device_during_steps(tmp_path, toy_dataset):
 
     class Probe(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, *args):
-            seen.append((pl_module.vqvae.encoder.conv_in.weight.device.type,
-                         pl_module.text_encoder.text_model.embeddings.token_embedding.weight.device.type))
+            seen.append((pl_module.model.vqvae.encoder.conv_in.weight.device.type,
+                         pl_module.model.text_encoder.text_model.embeddings.token_embedding.weight.device.type))
 
     module = AmusedModule()
     datamodule = AmusedDataModule(HFDataset(str(toy_dataset)), resolution=32, batch_size=4, cache_dir=str(tmp_path))
-    datamodule.connect(module.frozen_encoders())
+    datamodule.connect(module.model.frozen_encoders())
     trainer = L.Trainer(accelerator="gpu", devices=1, precision="16-mixed", max_steps=2, logger=False,
                         enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False,
                         callbacks=[FrozenPlacement(), Probe()])

@@ -2,6 +2,7 @@ import json
 import logging
 import re
 import struct
+from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,8 +12,8 @@ from lightning.pytorch.loggers import CometLogger, MLFlowLogger, TensorBoardLogg
 from PIL import Image
 from wandb.proto import wandb_internal_pb2
 
-from amused_lightning.callbacks.validation_images import ValidationImageLogger, mlflow_key, send_images
-from amused_lightning.training.validation import ValidationImages
+from amused_lightning.callbacks.validation_images import ValidationImages, mlflow_key, send_images
+from amused_lightning.run.folder import ValidationGrid
 
 from helpers import fit, image_steps
 
@@ -88,9 +89,23 @@ def test_every_given_logger_gets_the_images_or_one_warning(tmp_path, toy_dataset
             assert image.tobytes() == grid.crop((i * width, 0, (i + 1) * width, height)).tobytes()
 
 
-def drawn(tmp_path: Path) -> ValidationImages:
-    images = [Image.new("RGB", (4, 4), colour) for colour in ("red", "blue")]
-    return ValidationImages(7, PROMPTS, images, tmp_path / "validation" / "step=000007.png")
+IMAGES = [Image.new("RGB", (4, 4), colour) for colour in ("red", "blue")]
+
+
+def drawn(tmp_path: Path) -> ValidationGrid:
+    return ValidationGrid(7, PROMPTS, tmp_path / "validation" / "step=000007.png")
+
+
+def validation_end(callback: ValidationImages, loggers: list, tmp_path: Path) -> None:
+    """The callback at the end of a validation at step 7, whose module draws IMAGES for PROMPTS."""
+    precision = SimpleNamespace(forward_context=nullcontext)
+    trainer = SimpleNamespace(loggers=loggers, is_global_zero=True, sanity_checking=False, global_step=7,
+                              default_root_dir=str(tmp_path), precision_plugin=precision)
+    model = SimpleNamespace(generate=lambda *args, **kwargs: IMAGES, spec=SimpleNamespace(seed=0))
+    validation = SimpleNamespace(prompts=PROMPTS, generation=None, start_images=lambda: None)
+    module = SimpleNamespace(model=model, validation=validation, memory=SimpleNamespace(decode_chunk_size=1),
+                             image_metrics=[])
+    callback.on_validation_epoch_end(trainer, module)
 
 
 class Recorder:
@@ -123,23 +138,24 @@ class RecordingComet(CometLogger):
 
 
 def test_mlflow_and_comet_get_one_image_per_prompt_with_the_step(tmp_path):
-    shown = drawn(tmp_path)
+    grid = drawn(tmp_path)
     mlflow, comet = RecordingMLflow(), RecordingComet()
-    assert send_images(mlflow, shown) and send_images(comet, shown)
+    assert send_images(mlflow, grid, IMAGES) and send_images(comet, grid, IMAGES)
     assert [(args[0], args[1], kwargs) for args, kwargs in mlflow.recorder.calls] == [
-        ("run-1", shown.images[0], {"key": "val_images/00 a pixel art character with square red glasses", "step": 7}),
-        ("run-1", shown.images[1], {"key": "val_images/01 a pixel art character_ blue_ 2", "step": 7})]
-    assert comet.recorder.calls == [((shown.images[0],), {"name": f"val_images/00 {PROMPTS[0]}", "step": 7}),
-                                    ((shown.images[1],), {"name": f"val_images/01 {PROMPTS[1]}", "step": 7})]
+        ("run-1", IMAGES[0], {"key": "val_images/00 a pixel art character with square red glasses", "step": 7}),
+        ("run-1", IMAGES[1], {"key": "val_images/01 a pixel art character_ blue_ 2", "step": 7})]
+    assert comet.recorder.calls == [((IMAGES[0],), {"name": f"val_images/00 {PROMPTS[0]}", "step": 7}),
+                                    ((IMAGES[1],), {"name": f"val_images/01 {PROMPTS[1]}", "step": 7})]
 
 
-def test_image_logging_off_sends_nothing(tmp_path):
+def test_image_logging_off_saves_the_grid_and_sends_nothing(tmp_path):
     logger = TensorBoardLogger(save_dir=str(tmp_path), name="tb")
-    trainer = SimpleNamespace(loggers=[logger], is_global_zero=True)
-    module = SimpleNamespace(validation_images=drawn(tmp_path))
-    ValidationImageLogger(enabled=False).on_validation_end(trainer, module)
+    validation_end(ValidationImages(enabled=False), [logger], tmp_path)
     assert not (tmp_path / "tb").exists()
-    ValidationImageLogger().on_validation_end(trainer, module)
+    assert Image.open(drawn(tmp_path).path).size == (8, 4)
+    prompts = (tmp_path / "validation" / "prompts.txt").read_text()
+    assert prompts == "".join(f"{i}: {prompt}\n" for i, prompt in enumerate(PROMPTS))
+    validation_end(ValidationImages(), [logger], tmp_path)
     logger.experiment.flush()
     assert image_steps(tmp_path / "tb") == {f"val_images/{i:02d} {prompt}": [7] for i, prompt in enumerate(PROMPTS)}
 
@@ -158,8 +174,7 @@ class RefusingLogger(RecordingComet):
 
 def test_a_logger_that_refuses_images_does_not_stop_the_run(tmp_path, caplog):
     tensorboard = TensorBoardLogger(save_dir=str(tmp_path), name="tb")
-    trainer = SimpleNamespace(loggers=[RefusingLogger(), tensorboard], is_global_zero=True)
-    ValidationImageLogger().on_validation_end(trainer, SimpleNamespace(validation_images=drawn(tmp_path)))
+    validation_end(ValidationImages(), [RefusingLogger(), tensorboard], tmp_path)
     tensorboard.experiment.flush()
     assert "RefusingLogger refused them (ConnectionError: service down)" in caplog.text
     assert len(image_steps(tmp_path / "tb")) == len(PROMPTS), "the next logger still gets them"

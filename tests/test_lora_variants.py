@@ -12,10 +12,12 @@ from transformers import CLIPTextModelWithProjection
 from amused_lightning.commands.export import main as export_main
 from amused_lightning.export.card import CARD_NAME
 from amused_lightning.model.adapters import LoraSettings, TextEncoderLoraSettings
-from amused_lightning.model.amused import CHECKPOINT_FORMAT, CHECKPOINT_MARK, ModelSpec, build_trained_parts
+from amused_lightning.model.amused import AmusedModel
+from amused_lightning.model.finetuning import TextEncoderSettings
+from amused_lightning.model.spec import ModelSpec
+from amused_lightning.run.checkpoint import FORMAT, MARK
 from amused_lightning.training.optim import parameter_groups
 from amused_lightning.training.resume import check_resume_settings
-from amused_lightning.training.settings import TextEncoderArgs
 
 from helpers import fit
 
@@ -48,9 +50,9 @@ def test_the_card_code_loads_dora_and_rslora_into_diffusers_exactly(variant_run)
     # The card's own lines up to drawing: AmusedPipeline, load_lora_adapter, the text-encoder loader.
     exec(code.split("image = pipe(")[0], namespace)
     pipe = namespace["pipe"]
-    expected = outputs(module.transformer, module.text_encoder)
+    expected = outputs(module.model.transformer, module.model.text_encoder)
     base = outputs(*(type(m).from_pretrained(str(root / "export" / n)) for m, n in
-                     ((module.transformer, "transformer"), (module.text_encoder, "text_encoder"))))
+                     ((module.model.transformer, "transformer"), (module.model.text_encoder, "text_encoder"))))
     for ours, theirs, before in zip(expected, outputs(pipe.transformer, pipe.text_encoder), base):
         assert (ours - before).abs().max() > 1e-4, "the adapters must have learned something"
         assert torch.allclose(theirs, ours, atol=1e-5), (theirs - ours).abs().max()
@@ -61,14 +63,14 @@ def test_a_merged_export_of_dora_and_rslora_is_exact(variant_run, tmp_path):
     export_main([str(root / "checkpoints" / "last.ckpt"), str(tmp_path), "--merge-lora"])
     merged = outputs(UVit2DModel.from_pretrained(str(tmp_path / "transformer")),
                      CLIPTextModelWithProjection.from_pretrained(str(tmp_path / "text_encoder")))
-    for ours, theirs in zip(outputs(module.transformer, module.text_encoder), merged):
+    for ours, theirs in zip(outputs(module.model.transformer, module.model.text_encoder), merged):
         assert torch.allclose(theirs, ours, atol=1e-5), (theirs - ours).abs().max()
 
 
 def text_encoder_dora_checkpoint(path) -> tuple[dict, torch.nn.Module]:
     """A checkpoint of tiny with a trained-looking text-encoder DoRA adapter (no fit), and that text encoder."""
     lora = TextEncoderLoraSettings(r=2, alpha=4, use_dora=True)
-    parts = build_trained_parts(ModelSpec("tiny", text_encoder=TextEncoderArgs(train=True, lora=lora)))
+    parts = AmusedModel.from_spec(ModelSpec("tiny", text_encoder=TextEncoderSettings(train=True, lora=lora)))
     generator = torch.Generator().manual_seed(1)
     # The transformer trains fully (no model.lora): its weights are in the checkpoint too, as they are.
     trained = {f"{prefix}.{name}": param for prefix in ("transformer", "text_encoder")
@@ -79,7 +81,7 @@ def text_encoder_dora_checkpoint(path) -> tuple[dict, torch.nn.Module]:
     checkpoint = {"hyper_parameters": {"pretrained": "tiny", "lora": None,
                                        "text_encoder": {"train": True, "lora": vars(lora)}},
                   "state_dict": {name: param.detach().clone() for name, param in trained.items()},
-                  CHECKPOINT_MARK: {"format": CHECKPOINT_FORMAT}}
+                  MARK: {"format": FORMAT}}
     torch.save(checkpoint, path)
     return checkpoint, parts.text_encoder
 
@@ -112,7 +114,8 @@ def test_resume_refuses_a_changed_variant_and_reads_older_checkpoints():
 
 def test_dora_magnitudes_get_no_weight_decay(variant_run):
     _, module = variant_run
-    decayed, exempt = parameter_groups([module.transformer, module.text_encoder])
+    decayed, exempt = parameter_groups([module.model.transformer, module.model.text_encoder],
+                                       module.model.spec.finetuning.no_decay)
     magnitudes = {id(p) for name, p in module.named_parameters() if "lora_magnitude_vector" in name}
     assert magnitudes and magnitudes <= {id(p) for p in exempt["params"]}
     assert not magnitudes & {id(p) for p in decayed["params"]}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from types import SimpleNamespace
 
 import lightning as L
@@ -12,11 +11,12 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.utils.data import DataLoader
 
 from amused_lightning.callbacks.placement import FrozenPlacement
+from amused_lightning.callbacks.validation_images import draw
 from amused_lightning.model.adapters import LoraSettings
 from amused_lightning.model.decoding import GenerationSettings, decode_image_tokens, to_pil
 from amused_lightning.model.memory import sampling_parts
 from amused_lightning.training.module import AmusedModule
-from amused_lightning.training.settings import LRScheduleArgs, MemoryArgs, ValidationArgs
+from amused_lightning.training.settings import LRScheduleSettings, MemorySettings, ValidationSettings
 
 from helpers import fit
 
@@ -37,30 +37,30 @@ def tiny_trainer(callbacks: list[L.Callback], precision: str = "32-true") -> L.T
                      limit_val_batches=0, callbacks=callbacks)
 
 
-def fit_tiny(memory: MemoryArgs) -> tuple[AmusedModule, list]:
+def fit_tiny(memory: MemorySettings) -> tuple[AmusedModule, list]:
     """`tiny_trainer`'s fit of `tiny` with `memory`; the module and its gradients at the end."""
-    module = AmusedModule(lr_schedule=LRScheduleArgs(warmup_steps=0), memory=memory)
+    module = AmusedModule(lr_schedule=LRScheduleSettings(warmup_steps=0), memory=memory)
     tiny_trainer([]).fit(module, DataLoader(encoded_samples(8), batch_size=2))
-    return module, [p.grad for p in module.transformer.parameters()]
+    return module, [p.grad for p in module.model.transformer.parameters()]
 
 
 def test_released_gradients_are_freed_after_each_step_and_change_no_weight():
-    released, released_grads = fit_tiny(MemoryArgs())
-    kept, kept_grads = fit_tiny(MemoryArgs(release_gradients=False))
+    released, released_grads = fit_tiny(MemorySettings())
+    kept, kept_grads = fit_tiny(MemorySettings(release_gradients=False))
     assert all(grad is None for grad in released_grads)
     assert any(grad is not None for grad in kept_grads)
-    for a, b in zip(released.transformer.parameters(), kept.transformer.parameters()):
+    for a, b in zip(released.model.transformer.parameters(), kept.model.transformer.parameters()):
         assert torch.equal(a, b)
 
 
 def test_frozen_weights_are_cast_before_the_strategy_moves_the_module():
-    module = AmusedModule(lora=LoraSettings(r=4), lr_schedule=LRScheduleArgs(warmup_steps=0))
+    module = AmusedModule(lora=LoraSettings(r=4), lr_schedule=LRScheduleSettings(warmup_steps=0))
     trainer = tiny_trainer([FrozenPlacement()], precision="bf16-mixed")
     arriving = []
     move = trainer.strategy.model_to_device
 
     def recording_move() -> None:
-        frozen = [p for layer in module.transformer.modules() if isinstance(layer, torch.nn.Linear)
+        frozen = [p for layer in module.model.transformer.modules() if isinstance(layer, torch.nn.Linear)
                   for p in layer.parameters(recurse=False) if not p.requires_grad]
         arriving.append({p.dtype for p in frozen})
         move()
@@ -80,17 +80,17 @@ def test_one_image_at_a_time_decodes_the_batched_pixels(tiny):
 
 def test_validation_images_decoded_one_at_a_time_match_generate():
     prompts = ["a red square", "a blue circle", "a pixel art character"]
-    module = AmusedModule(validation=ValidationArgs(prompts, GenerationSettings(4))).eval()
-    lean = module.validation_pixels()
-    module.memory = dataclasses.replace(module.memory, decode_chunk_size=None)  # the default instance is shared
-    torch.testing.assert_close(lean, module.validation_pixels(), rtol=0, atol=5e-5)
-    for a, b in zip(to_pil(lean), module.generate(prompts, GenerationSettings(4), seed=module.spec.seed)):
+    module = AmusedModule(validation=ValidationSettings(prompts, GenerationSettings(4))).eval()
+    lean = module.model.generate_pixels(prompts, GenerationSettings(4), decode_chunk_size=1)
+    torch.testing.assert_close(lean, module.model.generate_pixels(prompts, GenerationSettings(4)), rtol=0, atol=5e-5)
+    assert [np.asarray(image).tolist() for image in draw(module)] == [np.asarray(a).tolist() for a in to_pil(lean)]
+    for a, b in zip(to_pil(lean), module.model.generate(prompts, GenerationSettings(4), seed=module.model.spec.seed)):
         # AmusedPipeline's exact pixels come from `generate`; here one on a rounding boundary may move by one level.
         assert np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).max() <= 1
 
 
 def test_sampling_parts_are_all_that_decoding_runs(tiny):
-    vqvae = AmusedModule().vqvae
+    vqvae = AmusedModule().model.vqvae
     used = {id(p) for part in sampling_parts(vqvae) for p in part.parameters()}
     vqvae.encoder.to("meta")
     vqvae.quant_conv.to("meta")
@@ -103,11 +103,11 @@ def test_placement_brings_in_only_what_a_step_runs():
     # "meta" stands for the accelerator (a CPU-only machine has none): what moves there is what the step runs.
     module = AmusedModule()
     trainer = SimpleNamespace(strategy=SingleDeviceStrategy(torch.device("cpu")))
-    stand_in = SimpleNamespace(vqvae=module.vqvae, text_encoder=module.text_encoder, text_encoder_trains=False,
-                               device=torch.device("meta"))
+    parts = SimpleNamespace(vqvae=module.model.vqvae, text_encoder=module.model.text_encoder, text_encoder_trains=False)
+    stand_in = SimpleNamespace(model=parts, device=torch.device("meta"))
     FrozenPlacement().on_validation_batch_start(trainer, stand_in, {"pixel_values": None, "input_ids": None}, 0)
-    on_device = {name for name, part in [*module.vqvae.named_children(), ("text_encoder", module.text_encoder)]
-                 if next(part.parameters()).device.type == "meta"}
+    parts = [*module.model.vqvae.named_children(), ("text_encoder", module.model.text_encoder)]
+    on_device = {name for name, part in parts if next(part.parameters()).device.type == "meta"}
     assert on_device == {"encoder", "quant_conv", "quantize", "text_encoder"}
 
 

@@ -12,12 +12,13 @@ import yaml
 from huggingface_hub import ModelCard
 from test_first_hour import tiny_fit
 
+from amused_lightning.callbacks.final_export import FinalExport
 from amused_lightning.commands.export import main as export_main
-from amused_lightning.export.card import CARD_NAME, SAMPLES_NAME, card_facts, metadata
-from amused_lightning.export.hub import HubError
-from amused_lightning.export.pipeline import FinalExport, push_written_export
-from amused_lightning.model.amused import CHECKPOINT_FORMAT, CHECKPOINT_MARK
+from amused_lightning.export.card import CARD_NAME, SAMPLES_NAME, CardFacts, metadata
+from amused_lightning.export.hub import HubError, push_export
+from amused_lightning.export.pipeline import export_files
 from amused_lightning.model.components import load_components
+from amused_lightning.run.checkpoint import FORMAT, MARK, RunCheckpoint
 
 from helpers import fails_with
 
@@ -35,7 +36,7 @@ def full_checkpoint(tmp_path_factory):
                                      "lr_schedule": {"name": "cosine", "warmup_steps": 5, "scale_lr": False}},
                 "state_dict": weights, "global_step": 7,
                 "datamodule_hyper_parameters": {"resolution": 64, "source": NOUNS},
-                CHECKPOINT_MARK: {"format": CHECKPOINT_FORMAT, "optimizer": "bitsandbytes.optim.AdamW8bit",
+                MARK: {"format": FORMAT, "optimizer": "bitsandbytes.optim.AdamW8bit",
                                   "run": RUN}}, path)
     return path
 
@@ -68,10 +69,10 @@ def test_a_hub_base_model_is_linked_with_its_license(full_checkpoint):
     checkpoint = torch.load(full_checkpoint, weights_only=False)
     lora = {"r": 4, "alpha": 8.0, "target_modules": ["to_q"]}
     checkpoint["hyper_parameters"].update(pretrained="amused/amused-256", revision="main", lora=lora)
-    meta = metadata(card_facts(checkpoint, "trained", False, "me/x"))
+    meta = metadata(CardFacts.of(RunCheckpoint.of(checkpoint), "trained", False, "me/x"))
     assert meta["base_model"] == "amused/amused-256" and meta["license"] == "openrail++"
     assert meta["base_model_relation"] == "adapter" and "lora" in meta["tags"]
-    merged = metadata(card_facts(checkpoint, "trained", True, "me/x"))
+    merged = metadata(CardFacts.of(RunCheckpoint.of(checkpoint), "trained", True, "me/x"))
     assert merged["base_model_relation"] == "finetune" and "lora" not in merged["tags"]
 
 
@@ -196,7 +197,7 @@ def test_a_failed_push_leaves_the_export_whole(full_checkpoint, tmp_path, fake_h
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     fake_hub.fail_commits = True
     with pytest.raises(HubError, match=f"the export in {tmp_path} is complete: upload it with `hf upload me/x"):
-        push_written_export(tmp_path, "me/x", False, "hf_x")
+        push_export(tmp_path, export_files(tmp_path), "me/x", False, "hf_x")
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     create = next(json.loads(body) for path, body in fake_hub.requests if path == "/api/repos/create")
     assert create["visibility"] == "public"

@@ -9,7 +9,7 @@ from amused_lightning.training.activation_checkpointing import enable_gradient_c
 from amused_lightning.training.loss import masked_token_loss
 from amused_lightning.training.module import AmusedModule
 from amused_lightning.training.optim import parameter_groups
-from amused_lightning.training.settings import MemoryArgs, ObjectiveArgs
+from amused_lightning.training.settings import MemorySettings, ObjectiveSettings
 
 
 def batch_for(module, size=3, resolution=32, seed=0):
@@ -17,7 +17,7 @@ def batch_for(module, size=3, resolution=32, seed=0):
     return {
         "pixel_values": torch.rand(size, 3, resolution, resolution, generator=generator),
         "micro_conds": torch.tensor([[resolution, resolution, 0, 0, 6.0]] * size),
-        "input_ids": tokenize_prompts(module.tokenizer, [f"a pixel art character number {i}" for i in range(size)]),
+        "input_ids": tokenize_prompts(module.model.tokenizer, [f"a pixel art character {i}" for i in range(size)]),
     }
 
 
@@ -28,43 +28,44 @@ def loss_and_grads(module, batch, generator_seed=0):
     hidden, pooled = module.prompt_embeddings(batch)
     loss = masked_token_loss(*module.masked_logits(tokens, mask, hidden, pooled, batch["micro_conds"]))
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in module.transformer.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.clone() for n, p in module.model.transformer.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
 
 
 def test_gradient_checkpointing_gives_identical_loss_and_gradients():
     plain = AmusedModule()
     checkpointed = copy.deepcopy(plain)
-    enable_gradient_checkpointing(checkpointed.transformer)
+    enable_gradient_checkpointing(checkpointed.model.transformer)
     batch = batch_for(plain)
     loss, grads = loss_and_grads(plain, batch)
     loss_ckpt, grads_ckpt = loss_and_grads(checkpointed, batch)
     assert torch.equal(loss, loss_ckpt)
     assert all(torch.allclose(grads[n], grads_ckpt[n], atol=1e-7, rtol=1e-6) for n in grads)
-    assert checkpointed.transformer.state_dict().keys() == plain.transformer.state_dict().keys()
+    assert checkpointed.model.transformer.state_dict().keys() == plain.model.transformer.state_dict().keys()
 
 
 def test_gradient_checkpointing_actually_recomputes():
-    module = AmusedModule(memory=MemoryArgs(gradient_checkpointing=True))
+    module = AmusedModule(memory=MemorySettings(gradient_checkpointing=True))
     calls = []
-    module.transformer.transformer_layers[0].attn1.register_forward_hook(lambda *args: calls.append(1))
+    module.model.transformer.transformer_layers[0].attn1.register_forward_hook(lambda *args: calls.append(1))
     loss_and_grads(module, batch_for(module))
     assert len(calls) == 2, "the checkpointed layer runs once in forward and again in backward"
 
 
 def test_training_is_reproducible_and_batches_may_carry_encodings():
-    module = AmusedModule(objective=ObjectiveArgs(cond_dropout_prob=0.0))
+    module = AmusedModule(objective=ObjectiveSettings(cond_dropout_prob=0.0))
     batch = batch_for(module)
     tokens = module.image_tokens(batch)
-    hidden, pooled = encode_prompts(module.text_encoder, batch["input_ids"])
+    hidden, pooled = encode_prompts(module.model.text_encoder, batch["input_ids"])
     pre_encoded = {"image_tokens": tokens, "encoder_hidden_states": hidden, "pooled_text_emb": pooled,
                    "micro_conds": batch["micro_conds"]}
     assert torch.equal(loss_and_grads(module, batch)[0], loss_and_grads(module, pre_encoded)[0])
 
 
 def test_full_conditioning_dropout_trains_on_the_empty_prompt():
-    dropped, plain = AmusedModule(objective=ObjectiveArgs(cond_dropout_prob=1.0)), AmusedModule()
+    dropped, plain = AmusedModule(objective=ObjectiveSettings(cond_dropout_prob=1.0)), AmusedModule()
     batch = batch_for(dropped)
-    empty = dict(batch, input_ids=tokenize_prompts(plain.tokenizer, [""] * 3))
+    empty = dict(batch, input_ids=tokenize_prompts(plain.model.tokenizer, [""] * 3))
     for module in (dropped, plain):
         module.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
                                    enable_progress_bar=False, enable_model_summary=False)
@@ -75,16 +76,17 @@ def test_full_conditioning_dropout_trains_on_the_empty_prompt():
 
 def test_frozen_parts_stay_frozen_and_in_eval_mode():
     module = AmusedModule().train()
-    assert not module.vqvae.training and not module.text_encoder.training and module.transformer.training
-    assert not any(p.requires_grad for p in module.vqvae.parameters())
-    assert not any(p.requires_grad for p in module.text_encoder.parameters())
-    assert module.trained_state_keys() == {f"transformer.{n}" for n, _ in module.transformer.named_parameters()}
+    model = module.model
+    assert not model.vqvae.training and not model.text_encoder.training and model.transformer.training
+    assert not any(p.requires_grad for p in module.model.vqvae.parameters())
+    assert not any(p.requires_grad for p in module.model.text_encoder.parameters())
+    assert module.model.trained_keys() == {f"transformer.{n}" for n, _ in module.model.transformer.named_parameters()}
 
 
 def test_no_weight_decay_on_biases_norms_and_embeddings():
     module = AmusedModule()
-    decayed, exempt = parameter_groups([module.transformer, module.text_encoder])
-    names = {id(p): n for n, p in module.transformer.named_parameters()}
+    decayed, exempt = parameter_groups([module.model.transformer, module.model.text_encoder])
+    names = {id(p): n for n, p in module.model.transformer.named_parameters()}
     exempt_names = {names[id(p)] for p in exempt["params"]}
     decayed_names = {names[id(p)] for p in decayed["params"]}
     assert exempt["weight_decay"] == 0.0 and "weight_decay" not in decayed
@@ -105,8 +107,8 @@ def test_bad_settings_are_rejected_with_their_name(group, setting, value):
 
 
 def test_head_at_masked_positions_only_gives_the_same_loss_and_gradients():
-    full = AmusedModule(memory=MemoryArgs(logits_at_masked_only=False))
-    masked_only = AmusedModule(memory=MemoryArgs(logits_at_masked_only=True))
+    full = AmusedModule(memory=MemorySettings(logits_at_masked_only=False))
+    masked_only = AmusedModule(memory=MemorySettings(logits_at_masked_only=True))
     batch = batch_for(full)
     loss, grads = loss_and_grads(full, batch)
     loss_masked, grads_masked = loss_and_grads(masked_only, batch)
@@ -126,18 +128,19 @@ def test_frozen_parts_unused_by_a_step_are_named():
     module = AmusedModule()
     pixels = {"pixel_values": None, "input_ids": None}
     encoded = {"image_tokens": None, "encoder_hidden_states": None}
-    names = {id(m): n for n, m in module.named_modules()}
-    parts = unused_frozen_parts(module.vqvae, module.text_encoder, False, pixels)
+    model = module.model
+    names = {id(m): n for n, m in model.named_modules()}
+    parts = unused_frozen_parts(model.vqvae, model.text_encoder, False, pixels)
     assert {names[id(m)] for m in parts} == {"vqvae.decoder", "vqvae.post_quant_conv"}
-    assert {names[id(m)] for m in unused_frozen_parts(module.vqvae, module.text_encoder, False, encoded)} == {
+    assert {names[id(m)] for m in unused_frozen_parts(model.vqvae, model.text_encoder, False, encoded)} == {
         "vqvae.decoder", "vqvae.post_quant_conv", "vqvae.encoder", "vqvae.quant_conv", "vqvae.quantize",
         "text_encoder"}
-    assert module.text_encoder not in unused_frozen_parts(module.vqvae, module.text_encoder, True, encoded)
+    assert model.text_encoder not in unused_frozen_parts(model.vqvae, model.text_encoder, True, encoded)
 
 
 @pytest.mark.slow
 def test_compiled_transformer_gives_the_same_loss():
-    plain, compiled = AmusedModule(), AmusedModule(memory=MemoryArgs(compile=True))
+    plain, compiled = AmusedModule(), AmusedModule(memory=MemorySettings(compile=True))
     batch = batch_for(plain)
     loss, grads = loss_and_grads(plain, batch)
     loss_compiled, grads_compiled = loss_and_grads(compiled, batch)
@@ -151,8 +154,8 @@ def test_frozen_weights_in_compute_dtype_change_nothing_under_autocast():
 
     stored = AmusedModule(lora=LoraSettings(r=4))
     cast = copy.deepcopy(stored)  # the same adapter initialisation
-    assert cast_frozen_autocast_layers(cast.transformer, torch.bfloat16) > 0
-    assert cast_frozen_autocast_layers(cast.text_encoder, torch.bfloat16) > 0
+    assert cast_frozen_autocast_layers(cast.model.transformer, torch.bfloat16) > 0
+    assert cast_frozen_autocast_layers(cast.model.text_encoder, torch.bfloat16) > 0
     assert all(p.dtype == torch.float32 for p in cast.parameters() if p.requires_grad)
     batch = batch_for(stored)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -187,9 +190,9 @@ def test_fused_adamw_gives_the_same_update():
     for fused in (False, True):
         module = AmusedModule()
         optimizer = functools.partial(torch.optim.AdamW, lr=1e-2, fused=fused)(
-            [p for p in module.transformer.parameters() if p.requires_grad])
+            [p for p in module.model.transformer.parameters() if p.requires_grad])
         loss_and_grads(module, batch)
         optimizer.step()
-        weights.append({n: p.detach().clone() for n, p in module.transformer.named_parameters()})
+        weights.append({n: p.detach().clone() for n, p in module.model.transformer.named_parameters()})
     assert all(torch.allclose(weights[0][n], weights[1][n], rtol=1e-5, atol=1e-7) for n in weights[0])
-    assert not all(torch.equal(weights[0][n], AmusedModule().transformer.state_dict()[n]) for n in weights[0])
+    assert not all(torch.equal(weights[0][n], AmusedModule().model.transformer.state_dict()[n]) for n in weights[0])

@@ -52,10 +52,10 @@ def test_offloaded_optimizer_trains_and_resumes_exactly(tmp_path, toy_dataset, o
     resumed = fit(tmp_path / "resumed", toy_dataset, "--trainer.max_steps", "4", "--ckpt_path", "last", *common)
     assert type(straight.trainer.optimizers[0]) is optimizer_class
     initial = load_components("tiny", seed=straight.model.hparams.seed).transformer.state_dict()
-    moved = [k for k, v in straight.model.transformer.state_dict().items() if not torch.equal(v, initial[k])]
+    moved = [k for k, v in straight.model.model.transformer.state_dict().items() if not torch.equal(v, initial[k])]
     assert len(moved) == len(initial)  # every weight was updated
-    for key, value in straight.model.transformer.state_dict().items():
-        assert torch.allclose(value, resumed.model.transformer.state_dict()[key], atol=1e-6, rtol=0), key
+    for key, value in straight.model.model.transformer.state_dict().items():
+        assert torch.allclose(value, resumed.model.model.transformer.state_dict()[key], atol=1e-6, rtol=0), key
 
 
 @pytest.mark.parametrize("reference_class, offloaded_class", [(torch.optim.AdamW, OffloadedAdamW),

@@ -2,8 +2,8 @@ import pytest
 import yaml
 
 from amused_lightning.commands.fit import cli_main
-from amused_lightning.model.components import load_components
-from amused_lightning.model.decoding import GenerationSettings, generate_images
+from amused_lightning.model.amused import AmusedModel
+from amused_lightning.model.decoding import GenerationSettings
 from amused_lightning.toy.image_metrics import ToyWorldScore
 from amused_lightning.toy.world import evaluation_characters
 
@@ -21,13 +21,10 @@ def test_a_short_quickstart_lowers_the_loss_and_raises_the_held_back_score(tmp_p
     generation = GenerationSettings(**yaml.safe_load(open(config))["model"]["validation"]["generation"])
     # The 32 held-out prompts of the held-back concept: finer-grained than the config's four validation prompts.
     prompts = [c.caption() for c in evaluation_characters("finetune")]
-    toy = load_components("toy")
-    images = generate_images(toy.transformer, toy.vqvae, toy.text_encoder, toy.tokenizer, prompts, generation, 0,
-                             None, toy.transformer.config.vocab_size - 1)
-    before = ToyWorldScore()(prompts, images)["toy_held_back"]
+    before = ToyWorldScore()(prompts, AmusedModel.from_pretrained("toy").generate(prompts, generation))["toy_held_back"]
     cli = cli_main(["fit", "--config", config, "--trainer.enable_progress_bar", "false", "--trainer.max_steps", "60",
                     "--trainer.limit_val_batches", "0", "--export.enabled", "false"])
     losses = [value for _, value in scalars(tmp_path / "runs" / "quickstart", "train/loss")]
     assert len(losses) == 60 and sum(losses[-10:]) < sum(losses[:10]), losses
-    after = ToyWorldScore()(prompts, cli.model.generate(prompts, generation))["toy_held_back"]
+    after = ToyWorldScore()(prompts, cli.model.model.generate(prompts, generation))["toy_held_back"]
     assert after >= before + 0.3, (before, after)

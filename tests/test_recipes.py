@@ -76,7 +76,7 @@ def test_recipe_runs_two_steps_on_tiny(recipe, tmp_path, monkeypatch, toy_datase
         swaps += ["--data.source.path", str(toy_dataset)]
     cli = cli_main(["fit", *recipe_configs(recipe), *swaps])
     assert cli.trainer.global_step == 2
-    trained = cli.model.trained_state_keys()
+    trained = cli.model.model.trained_keys()
     assert all("lora_" in key for key in trained) == (config["model"]["lora"] is not None)
     module_name, class_name = config["model"]["optimizer"]["class_path"].rsplit(".", 1)
     assert type(cli.trainer.optimizers[0]) is getattr(importlib.import_module(module_name), class_name)

@@ -8,12 +8,13 @@ from diffusers import AmusedImg2ImgPipeline, AmusedInpaintPipeline, AmusedSchedu
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
+from amused_lightning.callbacks.validation_images import draw
 from amused_lightning.commands.generate import main as generate_main
-from amused_lightning.model.amused import TrainedPipeline
-from amused_lightning.model.decoding import GenerationSettings, generate_pixels, to_pil
+from amused_lightning.model.amused import AmusedModel
+from amused_lightning.model.decoding import GenerationSettings
 from amused_lightning.model.start_images import StartImages, first_step, repaint_mask, start_pixels
 from amused_lightning.training.module import AmusedModule
-from amused_lightning.training.settings import ValidationArgs
+from amused_lightning.training.settings import ValidationSettings
 
 from helpers import fails_with
 
@@ -23,7 +24,7 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def tiny_pipeline():
-    return TrainedPipeline.from_pretrained("tiny")
+    return AmusedModel.from_pretrained("tiny")
 
 
 def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -46,7 +47,7 @@ def diffusers_images(pipeline_class, parts, **kwargs) -> list[np.ndarray]:
     return [np.asarray(image) for image in images]
 
 
-def ours(pipeline: TrainedPipeline, start: StartImages | None, guidance: float = 10.0) -> list[np.ndarray]:
+def ours(pipeline: AmusedModel, start: StartImages | None, guidance: float = 10.0) -> list[np.ndarray]:
     settings = GenerationSettings(num_inference_steps=STEPS, guidance_scale=guidance)
     return [np.asarray(image) for image in pipeline.generate(PROMPTS, settings, seed=7, start=start)]
 
@@ -125,20 +126,18 @@ def test_validation_draws_from_start_images(tmp_path, toy_dataset, capsys):
     noise_image(64, 64, 4).save(tmp_path / "start.png")
     box_mask(64, 64).save(tmp_path / "mask.png")
     files = [str(tmp_path / "start.png")] * 2
-    validation = ValidationArgs(PROMPTS, GenerationSettings(num_inference_steps=4), images=files,
+    validation = ValidationSettings(PROMPTS, GenerationSettings(num_inference_steps=4), images=files,
                                 masks=[str(tmp_path / "mask.png")] * 2)
     module = AmusedModule(validation=validation).eval()
     start = StartImages([noise_image(64, 64, 4)] * 2, [box_mask(64, 64)] * 2)
-    expected = generate_pixels(module.transformer, module.vqvae, module.text_encoder, module.tokenizer, PROMPTS,
-                               validation.generation, 0, None, module.mask_id, start=start)
-    assert [np.asarray(a).tolist() for a in to_pil(module.validation_pixels())] == \
-        [np.asarray(b).tolist() for b in to_pil(expected)]
+    expected = module.model.generate(PROMPTS, validation.generation, 0, start=start, decode_chunk_size=1)
+    assert [np.asarray(a).tolist() for a in draw(module)] == [np.asarray(b).tolist() for b in expected]
     with pytest.raises(FileNotFoundError, match=r"model.validation.images\[1\]='nope.png': no such image file"):
-        ValidationArgs(PROMPTS, images=[files[0], "nope.png"])
+        ValidationSettings(PROMPTS, images=[files[0], "nope.png"])
     with pytest.raises(ValueError, match="model.validation.images has 1 files for 2"):
-        ValidationArgs(PROMPTS, images=files[:1])
+        ValidationSettings(PROMPTS, images=files[:1])
     with pytest.raises(ValueError, match="need model.validation.images"):
-        ValidationArgs(PROMPTS, masks=files)
+        ValidationSettings(PROMPTS, masks=files)
     line = fails_with(capsys, "fit", "--trainer.default_root_dir", str(tmp_path / "run"), "--model.pretrained",
                       "tiny", "--data.source", "HFDataset", "--data.source.path", str(toy_dataset),
                       "--model.validation.prompts", '["a cat"]', "--model.validation.images", '["nope.png"]')

@@ -143,7 +143,7 @@ def test_a_streamed_fit_with_loader_workers_resumes_exactly(shards, tmp_path, ca
     step_3 = tmp_path / "straight" / "checkpoints" / "step=3.ckpt"
     resumed = stream_fit(tmp_path / "resumed", data, "--ckpt_path", str(step_3), *common)
     for key, value in transformer_weights(straight).items():
-        assert torch.allclose(value, resumed.model.transformer.state_dict()[key], atol=1e-6, rtol=0), key
+        assert torch.allclose(value, resumed.model.model.transformer.state_dict()[key], atol=1e-6, rtol=0), key
     assert [s for s, _ in scalars(tmp_path / "resumed", "train/loss")] == list(range(3, 11))
     line = fails_with(capsys, "fit", *stream_fit_args(tmp_path / "other", data), "--ckpt_path", str(step_3),
                       "--data.num_workers", "3", "--trainer.max_steps", "11")

@@ -7,20 +7,19 @@ import warnings
 import pytest
 import torch
 
+from amused_lightning.model.amused import AmusedModel
 from amused_lightning.model.components import EMBEDDED, load_components
-from amused_lightning.model.decoding import GenerationSettings, generate_images
 from amused_lightning.toy.image_metrics import ToyWorldScore
 from amused_lightning.toy.world import evaluation_characters
 
 
 @pytest.fixture(scope="module")
 def toy():
-    return load_components("toy")
+    return AmusedModel.from_pretrained("toy")
 
 
-def draw(parts, prompts: list[str], seed: int = 0) -> list:
-    return generate_images(parts.transformer, parts.vqvae, parts.text_encoder, parts.tokenizer, prompts,
-                           GenerationSettings(), seed, None, parts.transformer.config.vocab_size - 1)
+def draw(model: AmusedModel, prompts: list[str], seed: int = 0) -> list:
+    return model.generate(prompts, seed=seed)
 
 
 def test_shipped_pipeline_is_small_safetensors():
@@ -62,8 +61,8 @@ def test_rebuild_script_runs_a_few_steps_and_writes_a_loadable_pipeline(tmp_path
 
     main([str(tmp_path / "toy"), "--vq-steps", "2", "--vq-batch-size", "2", "--steps", "2", "--batch-size", "2",
           "--num-images", "8", "--log-every", "1"])
-    parts = load_components(str(tmp_path / "toy"))
-    images = draw(parts, [evaluation_characters("base", 1)[0].caption()])
+    model = AmusedModel.from_pretrained(str(tmp_path / "toy"))
+    images = draw(model, [evaluation_characters("base", 1)[0].caption()])
     assert images[0].size == (64, 64)
     assert toy_tokenizer().tokenize("a teal crown-shaped head") == ["a</w>", "teal</w>", "crown</w>", "-</w>",
                                                                    "shaped</w>", "head</w>"]

@@ -63,7 +63,7 @@ def test_held_out_loss_falls_on_quickstart_data(tmp_path):
                     "--model.image_metrics", "[]", "--data.val_samples", "32",
                     "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_steps", "200",
                     "--trainer.enable_progress_bar", "false", "--validation_steps", "100"], run=False)
-    cli.datamodule.connect(cli.model.frozen_encoders())  # what `fit` does before training
+    cli.datamodule.connect(cli.model.model.frozen_encoders())  # what `fit` does before training
     cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     before = cli.trainer.callback_metrics["val/loss"].item()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from amused_lightning.errors import SettingError
-from amused_lightning.formats import WEIGHT_CHOICES
+from amused_lightning.run.checkpoint import EMA_STATE_KEY
 
 
 @dataclass
@@ -84,21 +84,10 @@ class TrainedWeightsEMA:
         self.shadow = {name: state[name].float().to(self.shadow[name].device) for name in self.shadow}
 
 
-def resolve_weights(has_ema: bool, weights: str | None) -> str:
-    """"ema" or "trained"; None or "auto" pick the average when one was kept."""
-    if weights in (None, "auto"):
-        return "ema" if has_ema else "trained"
-    if weights not in WEIGHT_CHOICES:
-        raise SettingError(f"weights={weights!r} must be one of {list(WEIGHT_CHOICES)}")
-    if weights == "ema" and not has_ema:
-        raise SettingError("weights='ema' but this run kept no EMA (ema.enabled was off): use weights='trained'")
-    return weights
-
-
 class EMA(L.Callback):
     """Keeps the average of the trained weights through a fit, validates with it, and checkpoints it."""
 
-    STATE_KEY = "amused_lightning.callbacks.ema"
+    STATE_KEY = EMA_STATE_KEY
 
     def __init__(self, enabled: bool = False, decay: float = 0.9999, update_after_step: int = 0):
         """
@@ -123,7 +112,7 @@ class EMA(L.Callback):
     def _ensure_average(self, pl_module: nn.Module) -> None:
         # After a checkpoint restore: a run that turns EMA on when resuming starts from the restored weights.
         if self.enabled and self.average is None:
-            self.average = TrainedWeightsEMA(pl_module, self.settings)
+            self.average = TrainedWeightsEMA(pl_module.model, self.settings)
             if self._restored is not None:
                 self.average.load_state_dict(self._restored["shadow"])
                 self._step = self._restored["step"]
@@ -134,17 +123,17 @@ class EMA(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: nn.Module, outputs, batch, batch_idx: int) -> None:
         # Once per optimizer step, after it (the last micro-batch of an accumulation).
         if self.average is not None and trainer.global_step > self._step:
-            self.average.update(pl_module, trainer.global_step)
+            self.average.update(pl_module.model, trainer.global_step)
             self._step = trainer.global_step
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: nn.Module) -> None:
         self._ensure_average(pl_module)
         if self.average is not None:
             self._swap = contextlib.ExitStack()
-            self._swap.enter_context(self.average.swapped_in(pl_module))
+            self._swap.enter_context(self.average.swapped_in(pl_module.model))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: nn.Module) -> None:
-        # After the module's epoch-end hook, which draws the validation images with the averaged weights.
+        # After every epoch-end hook: the validation images are drawn with the averaged weights.
         if self._swap is not None:
             self._swap.close()
             self._swap = None

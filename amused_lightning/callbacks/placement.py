@@ -31,7 +31,8 @@ def cast_frozen_autocast_layers(module: nn.Module, dtype: torch.dtype) -> int:
 def cast_frozen_weights(module: nn.Module, dtype: torch.dtype) -> int:
     """Store the frozen Linear/Conv2d weights of the transformer and text encoder in `dtype`; how many changed."""
     # The VQ model is left in fp32: it runs outside autocast (it yields NaNs in fp16).
-    return sum(cast_frozen_autocast_layers(part, dtype) for part in (module.transformer, module.text_encoder))
+    model = module.model
+    return sum(cast_frozen_autocast_layers(part, dtype) for part in (model.transformer, model.text_encoder))
 
 
 def frozen_parts(vqvae: nn.Module, text_encoder: nn.Module, text_encoder_trains: bool) -> list[nn.Module]:
@@ -90,9 +91,10 @@ class FrozenPlacement(L.Callback):
         # One process only: DDP broadcasts buffers to every rank's device, and would meet them in host memory.
         if not self.offload_frozen or not isinstance(trainer.strategy, SingleDeviceStrategy):
             return
-        trains = pl_module.text_encoder_trains
-        unused = unused_frozen_parts(pl_module.vqvae, pl_module.text_encoder, trains, batch)
-        for part in frozen_parts(pl_module.vqvae, pl_module.text_encoder, trains):
+        model = pl_module.model
+        trains = model.text_encoder_trains
+        unused = unused_frozen_parts(model.vqvae, model.text_encoder, trains, batch)
+        for part in frozen_parts(model.vqvae, model.text_encoder, trains):
             target = torch.device("cpu") if any(part is u for u in unused) else pl_module.device
             if module_device(part) not in (None, target):
                 part.to(target)

@@ -46,22 +46,22 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse(argv)
     # torch, diffusers and Lightning load only once the arguments are known good: `--help` stays instant.
-    from amused_lightning.export.card import card_facts
-    from amused_lightning.export.hub import check_push
-    from amused_lightning.export.pipeline import check_merge_lora, export_pipeline, push_written_export, run_folder_of
-    from amused_lightning.model.amused import ModelSpec, TrainedPipeline, read_checkpoint
+    from amused_lightning.export.hub import check_push, push_export
+    from amused_lightning.export.pipeline import export_files, export_run
+    from amused_lightning.model.spec import ModelSpec
+    from amused_lightning.run.checkpoint import RunCheckpoint
+    from amused_lightning.run.folder import RunFolder
 
-    checkpoint = read_checkpoint(args.checkpoint)
-    check_merge_lora(ModelSpec.from_hparams(checkpoint["hyper_parameters"]), args.merge_lora, "--merge-lora")
+    run = RunCheckpoint.read(args.checkpoint)
+    ModelSpec.from_hparams(run.hparams).finetuning.check_export(args.merge_lora, "--merge-lora")
     # Before anything is written: a push that cannot work is said now, not after a long export.
     token = check_push(args.push_to_hub, args.hub_token, "--push-to-hub") if args.push_to_hub else None
-    pipeline = TrainedPipeline.from_checkpoint(checkpoint, args.weights)
-    card = card_facts(checkpoint, pipeline.weights, args.merge_lora, args.push_to_hub or str(args.output))
-    written = export_pipeline(pipeline, args.output, args.merge_lora, args.overwrite, card,
-                              run_folder_of(Path(args.checkpoint)))
+    samples = RunFolder.of_checkpoint(args.checkpoint).newest_validation(run.step)
+    written, _ = export_run(run, args.output, args.weights, args.merge_lora, args.overwrite,
+                            args.push_to_hub or str(args.output), samples)
     for path in written:
         print(f"wrote {path}")
     if args.push_to_hub:
-        url = push_written_export(args.output, args.push_to_hub, args.private, token)
+        url = push_export(args.output, export_files(args.output), args.push_to_hub, args.private, token)
         print(f"pushed {args.output} to {url}")
     return written

@@ -1,33 +1,30 @@
-"""`fit` and `validate`: LightningCLI with aMUSEd's checkpointing, export, EMA, placement and image logging
-callbacks."""
+"""`fit`: LightningCLI with aMUSEd's checkpointing, EMA, placement, guard, preemption, validation images and export
+callbacks, running the whole of a fit (`training.fit`); `validate` parses as it does."""
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from amused_lightning.callbacks.ema import EMA
+from amused_lightning.callbacks.final_export import FinalExport
 from amused_lightning.callbacks.guard import NonFiniteGuard
 from amused_lightning.callbacks.placement import FrozenPlacement
 from amused_lightning.callbacks.preemption import Preemption
-from amused_lightning.callbacks.validation_images import ValidationImageLogger
+from amused_lightning.callbacks.validation_images import ValidationImages
 from amused_lightning.commands.trainer_checks import check_trainer_settings
 from amused_lightning.data import AmusedDataModule
-from amused_lightning.errors import ExistingOutputError, SettingError
-from amused_lightning.export.pipeline import FinalExport
-from amused_lightning.model.amused import read_checkpoint
+from amused_lightning.errors import SettingError
 from amused_lightning.progress import StepProgress, held_out_table
+from amused_lightning.run.folder import RunFolder
 from amused_lightning.run.lock import RunLock, is_first_process, lock_run_folder
+from amused_lightning.training.fit import fit as fit_run
 from amused_lightning.training.module import AmusedModule
-from amused_lightning.training.resume import StartStep, check_ckpt_path, check_resume_settings, resolve_last, run_logger
-
-log = logging.getLogger(__name__)
+from amused_lightning.training.resume import check_ckpt_path, run_logger
 
 
 def batches_between_validations(validation_steps: int, accumulate_grad_batches: int) -> int:
@@ -40,7 +37,7 @@ def batches_between_validations(validation_steps: int, accumulate_grad_batches: 
 
 def checkpoint_dir(default_root_dir: str | None) -> str:
     """Checkpoints live in a fixed folder of the run, so `--ckpt_path last` finds them after a restart."""
-    return str(Path(default_root_dir or ".") / "checkpoints")
+    return str(RunFolder(default_root_dir).checkpoints)
 
 
 def given_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
@@ -56,7 +53,7 @@ def display_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
     if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
         added.append(StepProgress())
     if trainer_config.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in given):
-        added.append(ModelSummary())
+        added.append(ModelSummary(max_depth=2))  # the model's parts, each with what of it trains
     return added
 
 
@@ -83,7 +80,7 @@ class AmusedCLI(LightningCLI):
         parser.add_lightning_class_args(EMA, "ema")
         parser.add_lightning_class_args(FrozenPlacement, "placement")
         parser.add_lightning_class_args(NonFiniteGuard, "guard")
-        parser.add_lightning_class_args(ValidationImageLogger, "image_logging")
+        parser.add_lightning_class_args(ValidationImages, "image_logging")
         parser.add_lightning_class_args(Preemption, "preemption")  # after "checkpoint": see Preemption
         parser.add_argument("--validation_steps", type=int, default=100,
                             help="Optimizer steps between validations (held-out loss and images); also at the end.")
@@ -125,55 +122,23 @@ class AmusedCLI(LightningCLI):
         """The Trainer, with our progress display and summary; for `fit` without a trainer.logger given, one
         TensorBoard run across resumes (a given logger, or list of them, is used as it is)."""
         config = self._get(self.config_init, "trainer", default={})
-        added, self.start_step = display_callbacks(config), StartStep()
-        kwargs.setdefault("callbacks", [*given_callbacks(config), *added, self.start_step])
+        added = display_callbacks(config)
+        kwargs.setdefault("callbacks", [*given_callbacks(config), *added])
         if any(isinstance(c, ModelSummary) for c in added):
             kwargs.setdefault("enable_model_summary", False)  # ours is in the list: Lightning need not add its own
         if self.subcommand == "fit" and config.get("logger") in (None, True):
             resuming = self._get(self.config, "ckpt_path") is not None
-            kwargs.setdefault("logger", run_logger(config.get("default_root_dir") or ".", resuming))
+            kwargs.setdefault("logger", run_logger(RunFolder(config.get("default_root_dir")), resuming))
         return super().instantiate_trainer(**kwargs)
 
-    def before_fit(self) -> None:
-        check_ckpt_path(self.config[self.subcommand].get("ckpt_path"))
-        for callback in self.trainer.callbacks:
-            if isinstance(callback, FinalExport):
-                callback.check_push_first()  # before a long data scan or cache build, not after
-        folder = Path(self.config_init[self.subcommand]["checkpoint"].dirpath)
-        existing = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
-        if existing and self.config[self.subcommand].get("ckpt_path") is None:
-            raise ExistingOutputError(
-                f"checkpoint folder {str(folder)!r} already holds {len(existing)} checkpoints "
-                f"({existing[-1].name}, ...): resume with --ckpt_path last, or set another "
-                "trainer.default_root_dir. Nothing was overwritten."
-            )
-        self._resolve_resume(folder)
-        self.datamodule.connect(self.model.frozen_encoders())
-
-    def _resolve_resume(self, checkpoints: Path) -> None:
-        """Hand Lightning the file `--ckpt_path last` means, after checking the settings against the checkpoint's."""
-        ckpt_path = resolve_last(self.config_init[self.subcommand].get("ckpt_path"), checkpoints,
-                                 Path(self.trainer.default_root_dir))
-        self.config_init[self.subcommand]["ckpt_path"] = ckpt_path
-        if ckpt_path is not None:
-            old = read_checkpoint(ckpt_path).get("hyper_parameters", {})
-            for line in check_resume_settings(old, self.model.hparams, ckpt_path):
-                log.info(line)
-
-    def after_fit(self) -> None:
-        # Validate the final weights unless the last step was just validated, or this fit resumed a finished run
-        # and trained no step (the fit that reached that step validated it).
-        limit, step = self.trainer.limit_val_batches, self.trainer.global_step
-        trained_none = self.start_step.step in (None, step)  # None: the fit loop had nothing left to run
-        resumed_finished = self.config[self.subcommand].get("ckpt_path") is not None and trained_none
-        if limit and self.model.last_validated_step != step and not resumed_finished:
-            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
-        for callback in self.trainer.callbacks:
-            if isinstance(callback, FinalExport):
-                callback.export_at_end(self.trainer, self.model)
+    def fit(self, model: LightningModule, datamodule: LightningDataModule, ckpt_path: str | None = None,
+            **kwargs: Any) -> None:
+        """The subcommand `fit`: the whole of a fit, as a Python user runs it (LightningCLI calls this in place of
+        `Trainer.fit`)."""
+        fit_run(self.trainer, model, datamodule, ckpt_path)
 
     def before_validate(self) -> None:
-        self.datamodule.connect(self.model.frozen_encoders())
+        self.datamodule.connect(self.model.model.frozen_encoders())
         check_ckpt_path(self.config[self.subcommand].get("ckpt_path"))
 
     def after_validate(self) -> None:
@@ -194,11 +159,7 @@ def cli_main(args: list[str] | None = None, run: bool = True, cli_class: type[Am
                                     "validate": {"exit_on_error": False}})
 
 
-def fit(args: list[str]) -> AmusedCLI:
+def main(args: list[str]) -> AmusedCLI:
     """The `fit` command."""
     return cli_main(["fit", *args])
 
-
-def validate(args: list[str]) -> AmusedCLI:
-    """The `validate` command."""
-    return cli_main(["validate", *args])

@@ -21,7 +21,7 @@ from amused_lightning.formats import LORA_WEIGHT_NAME, WEIGHT_CHOICES
 if TYPE_CHECKING:
     from PIL import Image
 
-    from amused_lightning.model.amused import TrainedPipeline
+    from amused_lightning.model.amused import AmusedModel
     from amused_lightning.model.start_images import StartImages
 
 
@@ -34,18 +34,18 @@ def output_names(prompts: list[str], num_images: int) -> list[str]:
     return names
 
 
-def load_pipeline(args: argparse.Namespace) -> TrainedPipeline:
+def load_model(args: argparse.Namespace) -> AmusedModel:
     """The model named by exactly one of --checkpoint, --pipeline, --pretrained (+ --lora)."""
-    from amused_lightning.model.amused import TrainedPipeline
+    from amused_lightning.model.amused import AmusedModel
 
     if args.checkpoint:
-        return TrainedPipeline.from_file(args.checkpoint, args.weights)
+        return AmusedModel.from_checkpoint(args.checkpoint, args.weights)
     # An unmerged export keeps its adapters in a LoRA file beside the base weights: apply it as diffusers would.
     lora = Path(args.lora) if args.lora else Path(args.pipeline) / LORA_WEIGHT_NAME if args.pipeline else None
     if lora is not None and lora.is_dir():
         lora = lora / LORA_WEIGHT_NAME
     applied = lora if lora is not None and (args.lora or lora.is_file()) else None
-    return TrainedPipeline.from_pretrained(args.pipeline or args.pretrained, applied)
+    return AmusedModel.from_pretrained(args.pipeline or args.pretrained, applied)
 
 
 def read_start_files(args: argparse.Namespace) -> tuple[Image.Image | None, Image.Image | None]:
@@ -70,21 +70,17 @@ def start_for(image: Image.Image | None, mask: Image.Image | None, strength: flo
     return StartImages([image] * count, None if mask is None else [mask] * count, strength)
 
 
-def image_size(args: argparse.Namespace, pipeline: TrainedPipeline) -> tuple[int, int]:
+def image_size(args: argparse.Namespace, model: AmusedModel) -> tuple[int, int]:
     """(width, height) from --width, --height and --resolution (default: the model's square); an error naming the
     option whose value the model's token grid cannot take."""
-    from amused_lightning.model.decoding import image_size_step
-    from amused_lightning.model.encoding import pixels_per_token
-
-    transformer, vqvae = pipeline.parts.transformer, pipeline.parts.vqvae
-    factor, step = pixels_per_token(vqvae.config), image_size_step(transformer, vqvae)
+    factor, step = model.pixels_per_token, model.size_step
     for name in ("resolution", "width", "height"):
         value = getattr(args, name)
         if value is not None and (value < step or value % step):
             halved = ", times 2: the transformer halves its token grid" if step > factor else ""
             raise SettingError(f"--{name} {value} is not a positive multiple of {step} px ({factor} px per token"
                                f"{halved}): try {max(step, value // step * step)}")
-    side = args.resolution or transformer.config.sample_size * factor
+    side = args.resolution or model.resolution
     return args.width or side, args.height or side
 
 
@@ -148,14 +144,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if existing and not args.overwrite:
         raise ExistingOutputError(f"{len(existing)} files already exist in {str(args.output)!r} ({existing[0]}, ...): "
                                   "pass --overwrite to replace them")
-    pipeline = load_pipeline(args).to("cuda" if torch.cuda.is_available() else "cpu")
-    size = image_size(args, pipeline)
+    model = load_model(args).to("cuda" if torch.cuda.is_available() else "cpu")
+    size = image_size(args, model)
     prompts = [prompt for prompt in args.prompts for _ in range(args.num_images)]
     args.output.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(prompts), args.batch_size)
     for start in iterate(starts, len(starts), "batch", "batches"):
         batch = prompts[start:start + args.batch_size]
-        images = pipeline.generate(batch, settings, seed=args.seed + start, resolution=size,
+        images = model.generate(batch, settings, seed=args.seed + start, resolution=size,
                                    start=start_for(start_image, start_mask, args.strength, len(batch)))
         for image, path in zip(images, paths[start:start + args.batch_size]):
             image.save(path)

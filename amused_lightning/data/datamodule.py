@@ -32,7 +32,7 @@ from amused_lightning.data.sources import DataSource, DataSourceError, Split
 from amused_lightning.data.stream_dataset import StreamLayout, check_same_layout, stream_training_data
 from amused_lightning.data.streams import StreamSource
 from amused_lightning.model.encoding import FrozenEncoders, pixels_per_token
-from amused_lightning.training.settings import as_settings
+from amused_lightning.settings import as_settings
 
 log = logging.getLogger(__name__)
 CACHE_MODES = ("auto", "on", "off")

@@ -10,43 +10,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import yaml
 
-from amused_lightning.callbacks.ema import find_ema
 from amused_lightning.formats import LORA_WEIGHT_NAME
-from amused_lightning.model.adapters import LoraSettings
-from amused_lightning.model.amused import CHECKPOINT_MARK, ModelSpec
 from amused_lightning.model.components import EMBEDDED
 from amused_lightning.model.presets import PRESETS
+from amused_lightning.model.spec import ModelSpec
+from amused_lightning.run.checkpoint import RunCheckpoint
+from amused_lightning.run.folder import ValidationGrid
 
 CARD_NAME = "README.md"
 SAMPLES_NAME = "samples.png"
 NOT_RECORDED = "not recorded"
 
 
-def run_record(trainer: L.Trainer) -> dict[str, Any]:
-    """What the module's hyperparameters do not say of a run: precision, processes, accumulation, rows, rate, EMA."""
-    group = trainer.optimizers[0].param_groups[0] if trainer.optimizers else {}
-    ema = find_ema(trainer)
-    return {"precision": str(trainer.precision), "devices": trainer.world_size,
-            "accumulate_grad_batches": trainer.accumulate_grad_batches,
-            "train_rows": dataset_rows(getattr(trainer, "datamodule", None)),
-            "lr": group.get("initial_lr", group.get("lr")), "weight_decay": group.get("weight_decay"),
-            "ema_decay": ema.settings.decay if ema is not None else None}
-
-
-def dataset_rows(datamodule: Any) -> int | None:
-    """Rows of the training set, when the data has a length."""
-    try:
-        return len(datamodule.train_dataset)
-    except (AttributeError, TypeError):
-        return None
-
-
 @dataclass
 class CardFacts:
-    """Everything the card says, gathered from a checkpoint (or the end of a fit) and the export's choices."""
+    """Everything the card says, gathered from a run checkpoint and the export's choices."""
 
     spec: ModelSpec
     hparams: dict[str, Any]
@@ -57,39 +37,20 @@ class CardFacts:
     weights: str
     merged: bool
     where: str
-    samples: tuple[int, list[str]] | None = None
+    samples: ValidationGrid | None = None
+
+    @classmethod
+    def of(cls, run: RunCheckpoint, weights: str, merged: bool, where: str,
+           samples: ValidationGrid | None = None) -> CardFacts:
+        """The facts of a run checkpoint and the choices of its export (older checkpoints lack the run record: those
+        facts are unknown)."""
+        return cls(ModelSpec.from_hparams(run.hparams), dict(run.hparams), dict(run.data), dict(run.run),
+                   run.optimizer, run.step, weights, merged, where, samples)
 
     @property
     def lora_file(self) -> bool:
         """Whether the export holds the adapters in a LoRA file beside the base pipeline."""
-        return not self.merged and (self.spec.lora is not None or self.spec.text_encoder.lora is not None)
-
-
-def card_facts(checkpoint: dict[str, Any], weights: str, merged: bool, where: str) -> CardFacts:
-    """The facts of a checkpoint written by `fit` (older checkpoints lack the run record: those facts are unknown)."""
-    mark, hparams = checkpoint.get(CHECKPOINT_MARK) or {}, checkpoint["hyper_parameters"]
-    data = checkpoint.get("datamodule_hyper_parameters") or {}
-    return CardFacts(ModelSpec.from_hparams(hparams), dict(hparams), dict(data), dict(mark.get("run") or {}),
-                     mark.get("optimizer"), checkpoint.get("global_step"), weights, merged, where)
-
-
-def newest_grid(run_folder: Path, step: int | None) -> tuple[Path, int] | None:
-    """The newest validation grid of the run at or before `step` (the weights exported), with its step."""
-    grids = [(path, int(m.group(1))) for path in (run_folder / "validation").glob("step=*.png")
-             if (m := re.fullmatch(r"step=(\d+)\.png", path.name))]
-    grids = [(path, at) for path, at in grids if step is None or at <= step]
-    return max(grids, key=lambda grid: grid[1]) if grids else None
-
-
-def add_samples(facts: CardFacts, run_folder: Path, folder: Path) -> Path | None:
-    """Copy the run's newest validation grid into the export as samples.png; its step and prompts go to the card."""
-    grid = newest_grid(run_folder, facts.steps)
-    if grid is None:
-        return None
-    prompts_file = run_folder / "validation" / "prompts.txt"
-    lines = prompts_file.read_text().splitlines() if prompts_file.is_file() else []
-    facts.samples = (grid[1], [line.split(": ", 1)[-1] for line in lines])
-    return Path(shutil.copyfile(grid[0], folder / SAMPLES_NAME))
+        return not self.merged and self.spec.finetuning.adapters
 
 
 def hub_id(pretrained: str) -> str | None:
@@ -150,25 +111,6 @@ def settings_group(hparams: dict[str, Any], name: str) -> dict[str, Any]:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
 
 
-def lora_text(lora: LoraSettings | None, what: str) -> str | None:
-    """One line on an adapter: rank, alpha, scale, targets, variant."""
-    if lora is None:
-        return None
-    scale = "alpha / sqrt(r), rsLoRA" if lora.use_rslora else "alpha / r"
-    dora = ", DoRA (magnitudes trained too)" if lora.use_dora else ""
-    return (f"LoRA on the {what}: r {lora.r}, alpha {lora.alpha:g} (scale {scale}), targets "
-            f"{', '.join(lora.target_modules)}{dora}")
-
-
-def mode_text(spec: ModelSpec) -> str:
-    """What trained: the transformer fully or its adapter; the text encoder frozen, fully, or its adapter."""
-    transformer = lora_text(spec.lora, "transformer") or "full finetuning of the transformer"
-    text = spec.text_encoder
-    encoder = lora_text(text.lora, "text encoder") or ("text encoder trained fully" if text.train
-                                                       else "text encoder frozen")
-    return f"{transformer}; {encoder}"
-
-
 def data_text(facts: CardFacts) -> str:
     """The data source's class and path (or arguments), and its number of training rows when known."""
     source = source_settings(facts.data)
@@ -186,7 +128,7 @@ def weights_text(facts: CardFacts) -> str:
     which = "the trained weights (no average)"
     if facts.weights == "ema":
         which = f"the EMA of the trained weights (decay {decay:g})" if decay else "the EMA of the trained weights"
-    if facts.spec.lora is None and facts.spec.text_encoder.lora is None:
+    if not facts.spec.finetuning.adapters:
         return which
     if facts.merged:
         return f"{which}, adapters merged into the pipeline weights"
@@ -220,7 +162,7 @@ def training_table(facts: CardFacts) -> str:
     spec = facts.spec
     revision = f" (revision `{spec.revision}`)" if spec.revision else ""
     rows = [("base model", f"`{spec.pretrained}`{revision}"), ("data", data_text(facts)),
-            ("finetuning", mode_text(spec)), ("weights exported", weights_text(facts)),
+            ("finetuning", spec.finetuning.describe()), ("weights exported", weights_text(facts)),
             ("optimizer", optimizer_text(facts)), ("batch", batch_text(facts)),
             ("steps", f"{facts.steps} optimizer steps" if facts.steps is not None else NOT_RECORDED),
             ("precision", facts.run.get("precision", NOT_RECORDED)), ("seed", str(facts.hparams.get("seed")))]
@@ -231,7 +173,7 @@ def samples_text(facts: CardFacts) -> str:
     """The sample grid and the prompts in its reading order, or a line saying there is none."""
     if facts.samples is None:
         return "No validation images were drawn before these weights (set `model.validation.prompts`)."
-    step, prompts = facts.samples
+    step, prompts = facts.samples.step, facts.samples.prompts
     generation = settings_group(settings_group(facts.hparams, "validation"), "generation")
     settings = ", ".join(f"{key} {value}" for key, value in generation.items())
     listed = "\n".join(f"{i + 1}. {prompt}" for i, prompt in enumerate(prompts))
@@ -242,17 +184,9 @@ def samples_text(facts: CardFacts) -> str:
 def usage_code(facts: CardFacts) -> str:
     """Python that loads the export with diffusers (adapters included) and draws an image."""
     where, prompts = facts.where, settings_group(facts.hparams, "validation").get("prompts") or ["a photo"]
-    lines = ["import torch", "from diffusers import AmusedPipeline", "",
-             f'pipe = AmusedPipeline.from_pretrained("{where}")']
-    if facts.lora_file and facts.spec.lora is not None:
-        lines.append(f'pipe.transformer.load_lora_adapter("{where}", prefix="transformer", '
-                     f'weight_name="{LORA_WEIGHT_NAME}")')
-    if facts.lora_file and facts.spec.text_encoder.lora is not None:
-        lines[1:1] = ["from diffusers.loaders import AmusedLoraLoaderMixin"]
-        lines += [f'state_dict, alphas, metadata = AmusedLoraLoaderMixin.lora_state_dict("{where}", '
-                  f'weight_name="{LORA_WEIGHT_NAME}", return_lora_metadata=True)',
-                  "AmusedLoraLoaderMixin.load_lora_into_text_encoder(state_dict, alphas, pipe.text_encoder, "
-                  'prefix="text_encoder", metadata=metadata)']
+    imports, loading = facts.spec.finetuning.loading_code(where) if facts.lora_file else ([], [])
+    lines = ["import torch", *imports, "from diffusers import AmusedPipeline", "",
+             f'pipe = AmusedPipeline.from_pretrained("{where}")', *loading]
     lines += [f"image = pipe({prompts[0]!r}, generator=torch.Generator().manual_seed(0)).images[0]",
               'image.save("image.png")']
     return "\n".join(lines)
@@ -272,9 +206,11 @@ def render_card(facts: CardFacts) -> str:
     body = "".join(f"\n\n## {name}\n\n{text}" for name, text in sections.items())
     return f"---\n{meta}---\n\n# {title}\n\n{what}, trained with amused_lightning.{body}\n"
 
-def write_card(facts: CardFacts, run_folder: Path | None, folder: Path) -> list[Path]:
+
+def write_card(facts: CardFacts, folder: Path) -> list[Path]:
     """README.md, and samples.png when the run drew validation images at or before the exported step."""
-    samples = add_samples(facts, run_folder, folder) if run_folder is not None else None
     card = folder / CARD_NAME
     card.write_text(render_card(facts))
-    return [card] + ([samples] if samples is not None else [])
+    if facts.samples is None:
+        return [card]
+    return [card, Path(shutil.copyfile(facts.samples.path, folder / SAMPLES_NAME))]

@@ -89,6 +89,20 @@ def lora_metadata(model: nn.Module) -> dict:
     return {key: sorted(value) if isinstance(value, set) else value for key, value in config.items()}
 
 
+def plain_state_dict(model: nn.Module, merge_lora: bool) -> dict[str, torch.Tensor]:
+    """Weights without adapter modules: base weights, with the LoRA update folded in when `merge_lora`."""
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if merge_lora:
+        for layer in layers:
+            layer.merge()
+    try:
+        return {key.replace(".base_layer.", "."): value.detach().cpu().clone()
+                for key, value in model.state_dict().items() if "lora_" not in key}
+    finally:
+        for layer in layers if merge_lora else ():
+            layer.unmerge()
+
+
 def load_lora_file(path: Path, models: dict[str, nn.Module]) -> list[str]:
     """Inject and load the adapters of a LoRA safetensors file into `models` (by prefix); returns the prefixes."""
     with safe_open(str(path), framework="pt") as file:

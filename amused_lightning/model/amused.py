@@ -1,144 +1,209 @@
-"""A trained aMUSEd pipeline outside training: base components with a run's weights, for drawing and export."""
+"""The aMUSEd model as one object: its five parts, what they were built from, the weights it holds, and `generate`;
+training, validation, export and the `generate` command all use it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
 from pathlib import Path
-from typing import Any
 
+import diffusers
 import torch
+from diffusers import UVit2DModel
 from PIL import Image
+from torch import nn
+from transformers import CLIPTextModelWithProjection
 
-from amused_lightning.callbacks.ema import EMA, resolve_weights
-from amused_lightning.errors import MissingPathError, SettingError
-from amused_lightning.model.adapters import LoraSettings, add_lora, check_lora_settings, has_lora, load_lora_file
-from amused_lightning.model.components import Components, load_components
-from amused_lightning.model.decoding import GenerationSettings, generate_images
-from amused_lightning.model.start_images import StartImages
-from amused_lightning.training.settings import TextEncoderArgs, as_settings
+from amused_lightning.errors import SettingError
+from amused_lightning.model.adapters import has_lora, load_lora_file, plain_state_dict
+from amused_lightning.model.components import Components, components_identity, load_components
+from amused_lightning.model.decoding import GenerationSettings, decode_image_tokens, generate_tokens, to_pil
+from amused_lightning.model.encoding import (
+    FrozenEncoders,
+    encode_prompts,
+    pixels_per_token,
+    token_grid_multiple,
+    tokenize_prompts,
+)
+from amused_lightning.model.memory import encoding_parts, on_device, sampling_parts
+from amused_lightning.model.spec import ModelSpec
+from amused_lightning.model.start_images import StartImages, decoding_start
+from amused_lightning.quiet import without_transformers_bars
+from amused_lightning.run.checkpoint import RunCheckpoint
 
-CHECKPOINT_MARK = "amused_lightning"
-CHECKPOINT_FORMAT = 2
-
-
-@dataclass
-class ModelSpec:
-    """What rebuilds the model a run trains: the base components and the adapters on them."""
-
-    pretrained: str = "tiny"
-    revision: str | None = None
-    variant: str | None = None
-    seed: int = 0
-    lora: LoraSettings | None = None
-    text_encoder: TextEncoderArgs = field(default_factory=TextEncoderArgs)
-
-    @classmethod
-    def from_hparams(cls, hparams: dict[str, Any]) -> ModelSpec:
-        """The spec inside a LightningModule's (or a checkpoint's) hyperparameters."""
-        return cls(hparams["pretrained"], hparams.get("revision"), hparams.get("variant"), hparams.get("seed", 0),
-                   as_settings(LoraSettings, hparams.get("lora")),
-                   as_settings(TextEncoderArgs, hparams.get("text_encoder")) or TextEncoderArgs())
-
-
-def build_trained_parts(spec: ModelSpec) -> Components:
-    """The base components with adapters attached and only the trained parameters requiring grad."""
-    parts = load_components(spec.pretrained, spec.revision, spec.variant, seed=spec.seed)
-    parts.vqvae.requires_grad_(False)
-    text_lora = spec.text_encoder.lora
-    parts.text_encoder.requires_grad_(spec.text_encoder.train and text_lora is None)
-    # Adapters draw their initial weights from the global RNG: text encoder first, then transformer, always.
-    if text_lora is not None:
-        check_lora_settings(text_lora, parts.text_encoder, "model.text_encoder.lora")
-        add_lora(parts.text_encoder, text_lora)
-    if spec.lora is not None:
-        check_lora_settings(spec.lora, parts.transformer, "model.lora")
-        add_lora(parts.transformer, spec.lora)
-    return parts
+Resolution = int | tuple[int, int]  # a square's side, or (width, height), in pixels
+MODEL_INDEX = {
+    "_class_name": "AmusedPipeline",
+    "scheduler": ["diffusers", "AmusedScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "transformer": ["diffusers", "UVit2DModel"],
+    "vqvae": ["diffusers", "VQModel"],
+}
 
 
-def load_trained_weights(parts: Components, state: dict[str, torch.Tensor]) -> None:
-    """Put `transformer.*` / `text_encoder.*` weights (a checkpoint's or an EMA's) into the parts."""
-    for prefix in ("transformer", "text_encoder"):
-        model = getattr(parts, prefix)
-        trained = {name for name, param in model.named_parameters() if param.requires_grad}
-        weights = {key[len(prefix) + 1:]: value for key, value in state.items() if key.startswith(prefix + ".")}
-        if trained - weights.keys() or weights.keys() - set(model.state_dict()):
-            missing = sorted(trained - weights.keys()) or sorted(weights.keys() - set(model.state_dict()))
-            raise SettingError(f"the checkpoint's {prefix} weights do not fit this model (for example {missing[:3]}): "
-                               "it was written by a different model or finetuning mode")
-        with torch.no_grad():
-            model.load_state_dict(weights, strict=False)
+class AmusedModel(nn.Module):
+    """A transformer that predicts masked VQ image tokens from CLIP's prompt embeddings, with the VQ model, text
+    encoder, tokenizer and scheduler of its pipeline, and the finetuning mode of its spec."""
 
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by `fit`, with clear errors for a missing, unreadable or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingPathError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as error:  # a file torch cannot read at all
-        raise SettingError(f"{str(path)!r} is not a readable PyTorch checkpoint: {error}") from error
-    check_checkpoint_mark(checkpoint, repr(str(path)))
-    return checkpoint
-
-
-def check_checkpoint_mark(checkpoint: Any, name: str) -> None:
-    """Refuse a checkpoint that `fit` of this version did not write."""
-    mark = checkpoint.get(CHECKPOINT_MARK) if isinstance(checkpoint, dict) else None
-    if mark is None:
-        raise SettingError(f"{name} is not an amused_lightning checkpoint (no {CHECKPOINT_MARK!r} entry)")
-    if mark.get("format") != CHECKPOINT_FORMAT:
-        raise SettingError(f"{name} has checkpoint format {mark.get('format')}, this version reads format "
-                           f"{CHECKPOINT_FORMAT}: export it with the amused_lightning version that wrote it")
-
-
-class TrainedPipeline:
-    """Components holding a run's chosen weights (EMA or trained), adapters attached; draws images."""
-
-    def __init__(self, parts: Components, weights: str = "trained"):
-        self.parts, self.weights = parts, weights
-        for model in (parts.transformer, parts.vqvae, parts.text_encoder):
-            model.requires_grad_(False).eval()
+    def __init__(self, parts: Components, spec: ModelSpec, weights: str = "trained"):
+        super().__init__()
+        self.transformer, self.vqvae, self.text_encoder = parts.transformer, parts.vqvae, parts.text_encoder
+        self.tokenizer, self.scheduler = parts.tokenizer, parts.scheduler
+        self.spec = spec
+        self.weights = weights
+        """Which weights the trained parameters hold: "trained", or "ema" (their average)."""
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict[str, Any], weights: str | None = None) -> TrainedPipeline:
-        """The base model of the checkpoint's hyperparameters with its trained (or EMA, by default if kept) weights."""
-        parts = build_trained_parts(ModelSpec.from_hparams(checkpoint["hyper_parameters"]))
-        ema = (checkpoint.get("callbacks") or {}).get(EMA.STATE_KEY) or {}
-        chosen = resolve_weights(bool(ema), weights)
-        load_trained_weights(parts, ema["shadow"] if chosen == "ema" else checkpoint["state_dict"])
-        return cls(parts, chosen)
+    def from_spec(cls, spec: ModelSpec) -> AmusedModel:
+        """The base components with the spec's finetuning mode applied: only the trained weights require grad."""
+        parts = load_components(spec.pretrained, spec.revision, spec.variant, seed=spec.seed)
+        spec.finetuning.apply(parts)
+        return cls(parts, spec)
 
     @classmethod
-    def from_file(cls, path: str | Path, weights: str | None = None) -> TrainedPipeline:
-        """`from_checkpoint` of a .ckpt file written by `fit`."""
-        return cls.from_checkpoint(read_checkpoint(path), weights)
+    def from_checkpoint(cls, checkpoint: RunCheckpoint | str | Path, weights: str | None = None) -> AmusedModel:
+        """The base model of a run checkpoint (a file written by `fit`, or the end of one) with its trained weights,
+        or their EMA (by default when the run kept one); for inference."""
+        run = checkpoint if isinstance(checkpoint, RunCheckpoint) else RunCheckpoint.read(checkpoint)
+        model = cls.from_spec(ModelSpec.from_hparams(run.hparams))
+        model.weights, state = run.weights(weights)
+        model.load_trained_state(state)
+        return model.for_inference()
 
     @classmethod
-    def from_pretrained(cls, pretrained: str, lora_file: Path | None = None) -> TrainedPipeline:
-        """A pipeline folder, hub id or preset, with a diffusers-layout LoRA file applied if given."""
+    def from_pretrained(cls, pretrained: str, lora_file: str | Path | None = None) -> AmusedModel:
+        """A pipeline folder, hub id or preset, with a diffusers-layout LoRA file applied if given; for inference."""
         parts = load_components(pretrained)
         if lora_file is not None:
-            load_lora_file(lora_file, {"transformer": parts.transformer, "text_encoder": parts.text_encoder})
-        return cls(parts)
+            load_lora_file(Path(lora_file), {"transformer": parts.transformer, "text_encoder": parts.text_encoder})
+        return cls(parts, ModelSpec(pretrained)).for_inference()
+
+    def save_pretrained(self, folder: Path, merge_lora: bool = False) -> list[Path]:
+        """A folder `AmusedPipeline.from_pretrained` loads (every part a clean copy: no adapters, no training
+        wrappers), with the adapters folded in when `merge_lora`, else beside it as the LoRA file (diffusers' layout).
+        Returns what it wrote."""
+        finetuning = self.spec.finetuning
+        # A merged pipeline already holds the adapters: a LoRA file beside it would be applied twice.
+        written = [] if merge_lora or not finetuning.adapters else [finetuning.save_adapters(self.parts, folder)]
+        with without_transformers_bars():
+            clean_copy(UVit2DModel, self.transformer, merge_lora).save_pretrained(folder / "transformer")
+            clean_copy(CLIPTextModelWithProjection, self.text_encoder, merge_lora).save_pretrained(
+                folder / "text_encoder")
+        self.vqvae.save_pretrained(folder / "vqvae")
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        index = {**MODEL_INDEX, "_diffusers_version": diffusers.__version__}
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+        return [*written, folder]
+
+    def for_inference(self) -> AmusedModel:
+        """Every weight frozen, every part in eval mode."""
+        return self.requires_grad_(False).eval()
+
+    @property
+    def parts(self) -> Components:
+        return Components(self.transformer, self.vqvae, self.text_encoder, self.tokenizer, self.scheduler)
+
+    @property
+    def mask_id(self) -> int:
+        """The token id of a masked image token: the transformer's last."""
+        return self.transformer.config.vocab_size - 1
+
+    @property
+    def text_encoder_trains(self) -> bool:
+        return any(p.requires_grad for p in self.text_encoder.parameters())
 
     @property
     def has_lora(self) -> bool:
-        return has_lora(self.parts.transformer) or has_lora(self.parts.text_encoder)
+        return has_lora(self.transformer) or has_lora(self.text_encoder)
 
-    def to(self, device: torch.device | str) -> TrainedPipeline:
-        for model in (self.parts.transformer, self.parts.vqvae, self.parts.text_encoder):
-            model.to(device)
-        return self
+    @property
+    def pixels_per_token(self) -> int:
+        return pixels_per_token(self.vqvae.config)
+
+    @property
+    def size_step(self) -> int:
+        """What the sides of a generated image must be multiples of, in pixels: the VQ's pixels per token times what
+        the transformer's token grid sides must be multiples of."""
+        return self.pixels_per_token * token_grid_multiple(self.transformer.config)
+
+    @property
+    def resolution(self) -> int:
+        """The side of the square the model draws by default."""
+        return self.transformer.config.sample_size * self.pixels_per_token
+
+    def frozen_encoders(self) -> FrozenEncoders:
+        """The tokenizer and frozen encoders the data side pre-encodes with, and what their weights depend on."""
+        spec = self.spec
+        return FrozenEncoders(self.tokenizer, self.vqvae, self.text_encoder,
+                              components_identity(spec.pretrained, spec.revision, spec.variant, spec.seed),
+                              self.text_encoder_trains, token_grid_multiple(self.transformer.config))
+
+    def trained_keys(self) -> set[str]:
+        """State-dict keys of the weights being trained."""
+        return {name for name, param in self.named_parameters() if param.requires_grad}
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The trained weights, detached on the CPU: what a checkpoint holds of the model."""
+        return {name: param.detach().cpu() for name, param in self.named_parameters() if param.requires_grad}
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put `transformer.*` / `text_encoder.*` weights (a checkpoint's or an EMA's) into the trained weights."""
+        for prefix in ("transformer", "text_encoder"):
+            part = getattr(self, prefix)
+            trained = {name for name, param in part.named_parameters() if param.requires_grad}
+            weights = {key[len(prefix) + 1:]: value for key, value in state.items() if key.startswith(prefix + ".")}
+            if trained - weights.keys() or weights.keys() - set(part.state_dict()):
+                missing = sorted(trained - weights.keys()) or sorted(weights.keys() - set(part.state_dict()))
+                raise SettingError(f"the checkpoint's {prefix} weights do not fit this model (for example "
+                                   f"{missing[:3]}): it was written by a different model or finetuning mode")
+            with torch.no_grad():
+                part.load_state_dict(weights, strict=False)
+
+    @torch.no_grad()
+    def generate_pixels(self, prompts: list[str], settings: GenerationSettings | None = None, seed: int = 0,
+                        resolution: Resolution | None = None, start: StartImages | None = None,
+                        decode_chunk_size: int | None = None) -> torch.Tensor:
+        """(B, 3, H, W) pixels for `prompts`, sampled as AmusedPipeline does with a generator seeded by `seed`, at
+        `resolution` (default: the model's square); from `start` images as AmusedImg2ImgPipeline
+        (AmusedInpaintPipeline with masks) does; decoded `decode_chunk_size` images at a time (all at once by
+        default, as AmusedPipeline). The text encoder and the VQ parts are on the transformer's device only while
+        they run."""
+        settings = settings or GenerationSettings()
+        device = next(self.transformer.parameters()).device
+        resolution = resolution or self.resolution
+        width, height = (resolution, resolution) if isinstance(resolution, int) else resolution
+        with on_device([self.text_encoder], device):
+            hidden, pooled = encode_prompts(self.text_encoder, tokenize_prompts(self.tokenizer, prompts).to(device))
+            # One empty prompt per prompt, as AmusedPipeline encodes them: batch composition can move the last bits.
+            empty = encode_prompts(self.text_encoder, tokenize_prompts(self.tokenizer, [""] * len(prompts)).to(device))
+        generator = torch.Generator(device=device).manual_seed(seed)
+        begin = self._decoding_start(start, len(prompts), (width, height), settings, generator, device)
+        factor = self.pixels_per_token
+        tokens = generate_tokens(self.transformer, hidden, pooled, *empty, (height // factor, width // factor),
+                                 (width, height), settings, self.mask_id, generator, begin)
+        with on_device(sampling_parts(self.vqvae), device):
+            return decode_image_tokens(self.vqvae, tokens, decode_chunk_size)
+
+    def _decoding_start(self, start: StartImages | None, count: int, size: tuple[int, int],
+                        settings: GenerationSettings, generator: torch.Generator, device: torch.device):
+        """The start images' masked tokens (image-to-image, inpainting), or None to decode from all-masked."""
+        if start is None:
+            return None
+        if len(start.images) != count:
+            raise SettingError(f"{len(start.images)} start images for {count} prompts: give one per prompt")
+        with on_device(encoding_parts(self.vqvae), device):
+            return decoding_start(self.vqvae, start, size, settings.num_inference_steps, self.mask_id, generator)
 
     def generate(self, prompts: list[str], settings: GenerationSettings | None = None, seed: int = 0,
-                 resolution: int | tuple[int, int] | None = None, start: StartImages | None = None
-                 ) -> list[Image.Image]:
-        """Images for `prompts`, sampled as AmusedPipeline does with a generator seeded by `seed`, at `resolution`: a
-        square's side or (width, height) (default: the model's square); from `start` images as
-        AmusedImg2ImgPipeline (AmusedInpaintPipeline with masks) does."""
-        parts = self.parts
-        return generate_images(parts.transformer, parts.vqvae, parts.text_encoder, parts.tokenizer, prompts,
-                               settings or GenerationSettings(), seed, resolution,
-                               parts.transformer.config.vocab_size - 1, start=start)
+                 resolution: Resolution | None = None, start: StartImages | None = None,
+                 decode_chunk_size: int | None = None) -> list[Image.Image]:
+        """`generate_pixels` as PIL images."""
+        return to_pil(self.generate_pixels(prompts, settings, seed, resolution, start, decode_chunk_size))
+
+
+def clean_copy(cls, model: nn.Module, merge_lora: bool) -> nn.Module:
+    """A fresh `cls` from `model`'s config with its (optionally merged) weights: no adapters, no wrappers."""
+    fresh = cls.from_config(model.config) if cls is UVit2DModel else cls(model.config)
+    fresh.load_state_dict(plain_state_dict(model, merge_lora))
+    return fresh

@@ -11,9 +11,7 @@ from diffusers import UVit2DModel, VQModel
 from PIL import Image
 
 from amused_lightning.errors import SettingError
-from amused_lightning.model.encoding import encode_prompts, pixels_per_token, token_grid_multiple, tokenize_prompts
-from amused_lightning.model.memory import encoding_parts, on_device, sampling_parts
-from amused_lightning.model.start_images import DecodingStart, StartImages, decoding_start
+from amused_lightning.model.start_images import DecodingStart
 
 
 @dataclass
@@ -123,45 +121,3 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) pixels in [0, 1] -> PIL images (rounded as diffusers' image processor does)."""
     array = (images.permute(0, 2, 3, 1).cpu().float().numpy() * 255).round().astype(np.uint8)
     return [Image.fromarray(image) for image in array]
-
-
-def image_size_step(transformer: UVit2DModel, vqvae: VQModel) -> int:
-    """What the sides of a generated image must be multiples of, in pixels: the VQ's pixels per token times what the
-    transformer's token grid sides must be multiples of."""
-    return pixels_per_token(vqvae.config) * token_grid_multiple(transformer.config)
-
-
-@torch.no_grad()
-def generate_pixels(transformer: UVit2DModel, vqvae: VQModel, text_encoder, tokenizer, prompts: list[str],
-                    settings: GenerationSettings, seed: int, resolution: int | tuple[int, int] | None, mask_id: int,
-                    decode_chunk_size: int | None = None, start: StartImages | None = None) -> torch.Tensor:
-    """(B, 3, H, W) pixels for `prompts` from a generator seeded by `seed`, at `resolution`: a square's side or
-    (width, height) (default: the model's own square), from `start` images if given. The text encoder and the VQ
-    parts are on the transformer's device only while they run."""
-    device = next(transformer.parameters()).device
-    factor = pixels_per_token(vqvae.config)
-    resolution = resolution or transformer.config.sample_size * factor
-    width, height = (resolution, resolution) if isinstance(resolution, int) else resolution
-    with on_device([text_encoder], device):
-        hidden, pooled = encode_prompts(text_encoder, tokenize_prompts(tokenizer, prompts).to(device))
-        # One empty prompt per prompt, as AmusedPipeline encodes them: batch composition can move the last bits.
-        empty = encode_prompts(text_encoder, tokenize_prompts(tokenizer, [""] * len(prompts)).to(device))
-    generator = torch.Generator(device=device).manual_seed(seed)
-    begin = None
-    if start is not None:
-        if len(start.images) != len(prompts):
-            raise SettingError(f"{len(start.images)} start images for {len(prompts)} prompts: give one per prompt")
-        with on_device(encoding_parts(vqvae), device):
-            begin = decoding_start(vqvae, start, (width, height), settings.num_inference_steps, mask_id, generator)
-    tokens = generate_tokens(transformer, hidden, pooled, *empty, (height // factor, width // factor),
-                             (width, height), settings, mask_id, generator, begin)
-    with on_device(sampling_parts(vqvae), device):
-        return decode_image_tokens(vqvae, tokens, decode_chunk_size)
-
-
-def generate_images(transformer: UVit2DModel, vqvae: VQModel, text_encoder, tokenizer, prompts: list[str],
-                    settings: GenerationSettings, seed: int, resolution: int | tuple[int, int] | None, mask_id: int,
-                    decode_chunk_size: int | None = None, start: StartImages | None = None) -> list[Image.Image]:
-    """`generate_pixels` as PIL images."""
-    return to_pil(generate_pixels(transformer, vqvae, text_encoder, tokenizer, prompts, settings, seed, resolution,
-                                  mask_id, decode_chunk_size, start))

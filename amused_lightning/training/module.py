@@ -1,44 +1,30 @@
-"""The LightningModule: the masked-token objective on aMUSEd, its validation and its optimizer."""
+"""The LightningModule: the masked-token objective on an `AmusedModel`, its held-out scores and its optimizer."""
 
 from __future__ import annotations
 
 import logging
 import warnings
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from PIL import Image
 from torch import nn
 from torchmetrics import MeanMetric
 
 from amused_lightning.data.batch import Batch, has_prompt_embeddings, is_pre_encoded
 from amused_lightning.errors import SettingError
-from amused_lightning.export.card import run_record
 from amused_lightning.model.adapters import LoraSettings
-from amused_lightning.model.amused import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_MARK,
-    ModelSpec,
-    build_trained_parts,
-    check_checkpoint_mark,
-)
-from amused_lightning.model.components import components_identity
-from amused_lightning.model.decoding import GenerationSettings, generate_pixels, to_pil
-from amused_lightning.model.encoding import (
-    FrozenEncoders,
-    drop_conditioning,
-    encode_image_tokens,
-    encode_prompts,
-    token_grid_multiple,
-    tokenize_prompts,
-)
+from amused_lightning.model.amused import AmusedModel
+from amused_lightning.model.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
+from amused_lightning.model.finetuning import TextEncoderSettings
 from amused_lightning.model.memory import on_device
+from amused_lightning.model.spec import ModelSpec
+from amused_lightning.run.checkpoint import RunCheckpoint, mark
 from amused_lightning.seeding import derive_seed, micro_batch_slot
-from amused_lightning.toy.image_metrics import ImageMetric, evaluate_image_metrics
+from amused_lightning.settings import as_settings
+from amused_lightning.toy.image_metrics import ImageMetric
 from amused_lightning.training.activation_checkpointing import enable_gradient_checkpointing
 from amused_lightning.training.heads import enable_masked_head, logits_only_at
 from amused_lightning.training.loss import masked_token_loss, masked_token_scores
@@ -51,25 +37,21 @@ from amused_lightning.training.optim import (
     parameter_groups,
     reapply_settings,
 )
+from amused_lightning.training.record import run_record
 from amused_lightning.training.settings import (
-    LRScheduleArgs,
-    MemoryArgs,
-    ObjectiveArgs,
-    TextEncoderArgs,
-    ValidationArgs,
-    as_settings,
+    LRScheduleSettings,
+    MemorySettings,
+    ObjectiveSettings,
+    ValidationSettings,
 )
-from amused_lightning.training.validation import (
-    ValidationImages,
-    held_out_mask,
-    held_out_scores,
-    save_validation_images,
-)
+from amused_lightning.training.validation import held_out_mask, held_out_scores
 
 log = logging.getLogger(__name__)
 
 # The frozen VQ model and text encoder are kept in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+# Checkpoints hold the model's trained weights under its own names; Lightning's state dict names them from here.
+MODEL = "model."
 
 
 class AmusedModule(L.LightningModule):
@@ -81,13 +63,13 @@ class AmusedModule(L.LightningModule):
         revision: str | None = None,
         variant: str | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_schedule: LRScheduleArgs = LRScheduleArgs(),
+        lr_schedule: LRScheduleSettings = LRScheduleSettings(),
         batch_size: int = 1,
         lora: LoraSettings | None = None,
-        text_encoder: TextEncoderArgs = TextEncoderArgs(),
-        objective: ObjectiveArgs = ObjectiveArgs(),
-        memory: MemoryArgs = MemoryArgs(),
-        validation: ValidationArgs = ValidationArgs(),
+        text_encoder: TextEncoderSettings = TextEncoderSettings(),
+        objective: ObjectiveSettings = ObjectiveSettings(),
+        memory: MemorySettings = MemorySettings(),
+        validation: ValidationSettings = ValidationSettings(),
         image_metrics: list[ImageMetric] | None = None,
         seed: int = 0,
     ):
@@ -113,15 +95,13 @@ class AmusedModule(L.LightningModule):
         self.image_metrics = list(image_metrics or [])
         self.optimizer_factory = optimizer
         # Hyperparameters keep the groups as given (plain dicts from a config); the module uses the dataclasses.
-        self.schedule = as_settings(LRScheduleArgs, lr_schedule)
-        self.objective = as_settings(ObjectiveArgs, objective)
-        self.memory = as_settings(MemoryArgs, memory)
-        self.validation = as_settings(ValidationArgs, validation)
-        self.spec = ModelSpec(pretrained, revision, variant, seed, as_settings(LoraSettings, lora),
-                              as_settings(TextEncoderArgs, text_encoder))
-        parts = build_trained_parts(self.spec)
-        self.transformer, self.vqvae, self.text_encoder = parts.transformer, parts.vqvae, parts.text_encoder
-        self.tokenizer, self.noise_scheduler = parts.tokenizer, parts.scheduler
+        self.schedule = as_settings(LRScheduleSettings, lr_schedule)
+        self.objective = as_settings(ObjectiveSettings, objective)
+        self.memory = as_settings(MemorySettings, memory)
+        self.validation = as_settings(ValidationSettings, validation)
+        spec = ModelSpec(pretrained, revision, variant, seed, as_settings(LoraSettings, lora),
+                         as_settings(TextEncoderSettings, text_encoder))
+        self.model = AmusedModel.from_spec(spec)
         self._apply_memory_levers()
         # Checkpoints hold only trained weights; the frozen parts come back from `pretrained`.
         self.strict_loading = False
@@ -129,79 +109,63 @@ class AmusedModule(L.LightningModule):
         self.train_loss, self.train_masking_rate = MeanMetric(nan_strategy="ignore"), MeanMetric()
         self.val_losses = nn.ModuleList(MeanMetric() for _ in self.validation.mask_ratios)
         self.val_accuracies = nn.ModuleList(MeanMetric() for _ in self.validation.mask_ratios)
+        self.started_at_step: int | None = None  # the optimizer step the fit's training started from
         self.last_validated_step: int | None = None
-        # The images of the latest validation, for the callback that hands them to the loggers (image_logging.py).
-        self.validation_images: ValidationImages | None = None
         self._empty_prompt: tuple[torch.Tensor, torch.Tensor] | None = None
         self._configured_groups: list[dict[str, Any]] = []
         self._saved_optimizer: str | None = None  # the optimizer class of the checkpoint a fit resumes
         self.train()  # frozen parts in eval mode from the start, so the model summary shows what trains
 
     def _apply_memory_levers(self) -> None:
+        model = self.model
         if self.memory.logits_at_masked_only:
-            enable_masked_head(self.transformer)
+            enable_masked_head(model.transformer)
         if self.memory.gradient_checkpointing:
-            enable_gradient_checkpointing(self.transformer)
-            if self.spec.text_encoder.train:
-                self.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_gradient_checkpointing(model.transformer)
+            if model.spec.text_encoder.train:
+                model.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.memory.compile:
-            self.transformer.compile()
-
-    @property
-    def mask_id(self) -> int:
-        return self.transformer.config.vocab_size - 1
-
-    @property
-    def text_encoder_trains(self) -> bool:
-        return any(p.requires_grad for p in self.text_encoder.parameters())
+            model.transformer.compile()
 
     def train(self, mode: bool = True) -> AmusedModule:
         super().train(mode)
-        self.vqvae.eval()
-        if not self.text_encoder_trains:
-            self.text_encoder.eval()
+        self.model.vqvae.eval()
+        if not self.model.text_encoder_trains:
+            self.model.text_encoder.eval()
         return self
-
-    def frozen_encoders(self) -> FrozenEncoders:
-        """The tokenizer and frozen encoders the data side pre-encodes with, and what their weights depend on."""
-        spec = self.spec
-        return FrozenEncoders(self.tokenizer, self.vqvae, self.text_encoder,
-                              components_identity(spec.pretrained, spec.revision, spec.variant, spec.seed),
-                              self.text_encoder_trains, token_grid_multiple(self.transformer.config))
 
     def image_tokens(self, batch: Batch) -> torch.Tensor:
         """The batch's pre-encoded image tokens, else the VQ encoding of its pixels."""
         if is_pre_encoded(batch):
             return batch["image_tokens"].long()
-        return encode_image_tokens(self.vqvae, batch["pixel_values"], self.memory.vq_chunk_size)
+        return encode_image_tokens(self.model.vqvae, batch["pixel_values"], self.memory.vq_chunk_size)
 
     def prompt_embeddings(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's pre-encoded (hidden states, pooled embedding), else CLIP on its token ids."""
         if has_prompt_embeddings(batch):
             return batch["encoder_hidden_states"], batch["pooled_text_emb"]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_encoder_trains):
-            return encode_prompts(self.text_encoder, batch["input_ids"])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.model.text_encoder_trains):
+            return encode_prompts(self.model.text_encoder, batch["input_ids"])
 
     def empty_prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of "" for conditioning dropout; cached while the text encoder is frozen."""
-        if self._empty_prompt is not None and not self.text_encoder_trains:
+        trains, text_encoder = self.model.text_encoder_trains, self.model.text_encoder
+        if self._empty_prompt is not None and not trains:
             return self._empty_prompt
-        input_ids = tokenize_prompts(self.tokenizer, [""]).to(self.device)
+        input_ids = tokenize_prompts(self.model.tokenizer, [""]).to(self.device)
         # A frozen text encoder may be parked in host memory (FrozenPlacement): it visits the device for this once.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_encoder_trains), \
-                on_device([self.text_encoder], self.device):
-            self._empty_prompt = encode_prompts(self.text_encoder, input_ids)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains), on_device([text_encoder], self.device):
+            self._empty_prompt = encode_prompts(text_encoder, input_ids)
         return self._empty_prompt
 
     def masked_logits(self, tokens: torch.Tensor, mask: torch.Tensor, hidden: torch.Tensor, pooled: torch.Tensor,
                       micro_conds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits for `tokens` with `mask`ed positions hidden, and the labels to score them against."""
         mask = mask.view_as(tokens)
-        inputs, labels = apply_mask(tokens, mask, self.mask_id)
-        masked_only = self.memory.logits_at_masked_only
-        with logits_only_at(self.transformer, mask) if masked_only else nullcontext():
-            logits = self.transformer(inputs, encoder_hidden_states=hidden, pooled_text_emb=pooled,
-                                      micro_conds=micro_conds)
+        inputs, labels = apply_mask(tokens, mask, self.model.mask_id)
+        transformer, masked_only = self.model.transformer, self.memory.logits_at_masked_only
+        with logits_only_at(transformer, mask) if masked_only else nullcontext():
+            logits = transformer(inputs, encoder_hidden_states=hidden, pooled_text_emb=pooled, micro_conds=micro_conds)
         return logits, tokens[mask] if masked_only else labels
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -224,26 +188,13 @@ class AmusedModule(L.LightningModule):
         tokens = self.image_tokens(batch)
         hidden, pooled = self.prompt_embeddings(batch)
         for i, ratio in enumerate(self.validation.mask_ratios):
-            mask = held_out_mask(batch["position"], tokens[0].numel(), ratio, i, self.spec.seed)
+            mask = held_out_mask(batch["position"], tokens[0].numel(), ratio, i, self.model.spec.seed)
             losses, hits = masked_token_scores(*self.masked_logits(tokens, mask, hidden, pooled, batch["micro_conds"]))
             self.val_losses[i].update(losses)
             self.val_accuracies[i].update(hits)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_held_out_scores()
-        prompts, self.validation_images = self.validation.prompts, None
-        if prompts and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            with self.trainer.precision_plugin.forward_context():
-                images = to_pil(self.validation_pixels())
-            folder = Path(self.trainer.default_root_dir) / "validation"
-            grid = save_validation_images(folder, self.global_step, prompts, images)
-            self.validation_images = ValidationImages(self.global_step, list(prompts), images, grid)
-            scores = evaluate_image_metrics(self.image_metrics, prompts, images)
-            for logger in self.loggers if scores else []:
-                logger.log_metrics(scores, step=self.global_step)
-        self.last_validated_step = self.global_step
-
-    def _log_held_out_scores(self) -> None:
+        # The validation images are the ValidationImages callback's (drawn before this hook, in the callbacks' turn).
         scores = held_out_scores(self.validation.mask_ratios, self.val_losses, self.val_accuracies)
         # Loggers get the number of optimizer steps behind these weights, the step the images carry too;
         # self.log (logger off) feeds the progress bar and callbacks such as ModelCheckpoint(monitor="val/loss").
@@ -252,26 +203,14 @@ class AmusedModule(L.LightningModule):
                 logger.log_metrics({k: v.item() for k, v in scores.items()}, step=self.global_step)
         self.log("val/loss", scores.pop("val/loss"), prog_bar=True, logger=False)
         self.log_dict(scores, logger=False)
-
-    def generate(self, prompts: list[str], settings: GenerationSettings | None = None, seed: int = 0,
-                 resolution: int | None = None) -> list[Image.Image]:
-        """Images for `prompts` from the weights in training, sampled as AmusedPipeline does (the same pixels)."""
-        return to_pil(generate_pixels(self.transformer, self.vqvae, self.text_encoder, self.tokenizer, prompts,
-                                      settings or self.validation.generation, seed, resolution, self.mask_id))
-
-    def validation_pixels(self) -> torch.Tensor:
-        """(B, 3, H, W) pixels of the validation prompts, decoded `memory.decode_chunk_size` images at a time: those of
-        `generate` to fp32 rounding (a pixel on a rounding boundary may move one level)."""
-        return generate_pixels(self.transformer, self.vqvae, self.text_encoder, self.tokenizer,
-                               self.validation.prompts, self.validation.generation, self.spec.seed, None,
-                               self.mask_id, self.memory.decode_chunk_size, self.validation.start_images())
+        self.last_validated_step = self.global_step
 
     def _micro_batch_generator(self, batch_idx: int) -> torch.Generator:
         slot = micro_batch_slot(batch_idx % self.trainer.accumulate_grad_batches, self.global_rank,
                                 self.trainer.world_size)
         # Derived from where the step is, so a resumed run draws what an unbroken one would; 0 where the rank used
         # to be, so one process draws the masks it always drew.
-        seed = derive_seed(self.spec.seed, 0, self.global_step, slot)
+        seed = derive_seed(self.model.spec.seed, 0, self.global_step, slot)
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -301,6 +240,7 @@ class AmusedModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self) -> None:
+        self.started_at_step = self.global_step
         # A checkpoint's optimizer and scheduler states carry its learning rate and settings: the configured ones win.
         if self.trainer.ckpt_path is not None:
             check_same_optimizer(self._saved_optimizer, self.optimizers(use_pl_optimizer=False))
@@ -310,26 +250,21 @@ class AmusedModule(L.LightningModule):
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The configured optimizer over the trained parameters, in weight-decay groups."""
-        return self.optimizer_factory(parameter_groups([self.transformer, self.text_encoder]))
-
-    def trained_state_keys(self) -> set[str]:
-        """State-dict keys of the parameters being trained."""
-        return {name for name, param in self.named_parameters() if param.requires_grad}
-
-    def trained_state(self) -> dict[str, torch.Tensor]:
-        """The trained weights, detached on the CPU: what a checkpoint holds of the model."""
-        return {name: param.detach().cpu() for name, param in self.named_parameters() if param.requires_grad}
+        model = self.model
+        return self.optimizer_factory(parameter_groups([model.transformer, model.text_encoder],
+                                                       model.spec.finetuning.no_decay))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keys = self.trained_state_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
-        checkpoint[CHECKPOINT_MARK] = {"format": CHECKPOINT_FORMAT, "optimizer": class_path(self.optimizers(False)),
-                                       "run": run_record(self.trainer)}  # for the model card of an export
+        trained = self.model.trained_keys()
+        checkpoint["state_dict"] = {key[len(MODEL):]: value for key, value in checkpoint["state_dict"].items()
+                                    if key.startswith(MODEL) and key[len(MODEL):] in trained}
+        mark(checkpoint, class_path(self.optimizers(False)), run_record(self.trainer))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_checkpoint_mark(checkpoint, "the checkpoint")
-        self._saved_optimizer = checkpoint[CHECKPOINT_MARK].get("optimizer")
-        missing = self.trained_state_keys() - set(checkpoint.get("state_dict", {}))
+        run = RunCheckpoint.of(checkpoint)
+        self._saved_optimizer = run.optimizer
+        missing = self.model.trained_keys() - set(run.trained)
         if missing:
             raise SettingError(f"the checkpoint lacks {len(missing)} trained weights of this model (for example "
                                f"{sorted(missing)[:3]}): it was written by a different model or finetuning mode")
+        checkpoint["state_dict"] = {MODEL + key: value for key, value in run.trained.items()}

@@ -8,30 +8,29 @@ from typing import Any
 import torch
 from diffusers.models.normalization import GlobalResponseNorm, RMSNorm
 from diffusers.optimization import SchedulerType, get_scheduler
-from peft.tuners.lora.dora import DoraLinearLayer
 from torch import nn
 
 from amused_lightning.errors import SettingError
 
 # Weights of these modules scale or shift activations, or look up embeddings: decaying them towards zero only hurts.
-# DoRA's magnitudes are the norms of the adapted layers' weights: decayed, they would shrink those layers.
-_NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, RMSNorm, GlobalResponseNorm, nn.Embedding, DoraLinearLayer)
+NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, RMSNorm, GlobalResponseNorm, nn.Embedding)
 LR_SCHEDULES = tuple(kind.value for kind in (
     SchedulerType.CONSTANT, SchedulerType.CONSTANT_WITH_WARMUP, SchedulerType.LINEAR, SchedulerType.COSINE,
     SchedulerType.COSINE_WITH_RESTARTS, SchedulerType.POLYNOMIAL))
 
 
-def parameter_groups(modules: Iterable[nn.Module]) -> list[dict]:
-    """Trainable parameters: one group at the optimizer's weight decay, one without (biases, norms, embeddings, DoRA
-    magnitudes)."""
+def parameter_groups(modules: Iterable[nn.Module], exempt_modules: tuple[type[nn.Module], ...] = ()) -> list[dict]:
+    """Trainable parameters: one group at the optimizer's weight decay, one without (biases, norms, embeddings, and
+    the weights of `exempt_modules`, which the finetuning mode names)."""
     decay, no_decay, seen = [], [], set()
+    exempt_modules = (*NO_DECAY_MODULES, *exempt_modules)
     for module in modules:
         for submodule in module.modules():
             for name, param in submodule.named_parameters(recurse=False):
                 if not param.requires_grad or id(param) in seen:
                     continue
                 seen.add(id(param))
-                exempt = name == "bias" or isinstance(submodule, _NO_DECAY_MODULES)
+                exempt = name == "bias" or isinstance(submodule, exempt_modules)
                 (no_decay if exempt else decay).append(param)
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]

@@ -1,24 +1,18 @@
-"""The LightningModule's settings in documented groups (`model.<group>.<field>` in a config), and their checks."""
+"""The training settings in documented groups (`model.<group>.<field>` in a config), and their checks."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from amused_lightning.errors import SettingError
-from amused_lightning.model.adapters import TextEncoderLoraSettings
 from amused_lightning.model.decoding import GenerationSettings, check_generation_settings
 from amused_lightning.model.start_images import StartImages, check_strength, read_image, read_mask, strength_or_default
+from amused_lightning.settings import as_settings
 from amused_lightning.training.optim import LR_SCHEDULES
 
 
-def as_settings(cls: type, value: Any) -> Any:
-    """`value` as a `cls` dataclass (None stays None; a dict from saved hyperparameters is converted)."""
-    return cls(**value) if isinstance(value, dict) else value
-
-
 @dataclass
-class LRScheduleArgs:
+class LRScheduleSettings:
     """How the learning rate moves (its value is `model.optimizer.init_args.lr`)."""
 
     name: str = "constant"
@@ -36,23 +30,7 @@ class LRScheduleArgs:
 
 
 @dataclass
-class TextEncoderArgs:
-    """Whether and how the CLIP text encoder trains (frozen by default)."""
-
-    train: bool = False
-    """Train the text encoder too: fully, or its LoRA adapter if `lora` is set."""
-    lora: TextEncoderLoraSettings | None = None
-    """LoRA on CLIP's attention projections instead of all its weights (needs `train`)."""
-
-    def __post_init__(self) -> None:
-        self.lora = as_settings(TextEncoderLoraSettings, self.lora)
-        if self.lora is not None and not self.train:
-            raise SettingError("model.text_encoder.lora is set but model.text_encoder.train=False: "
-                               "set both to train it")
-
-
-@dataclass
-class ObjectiveArgs:
+class ObjectiveSettings:
     """The masked-token objective."""
 
     min_masking_rate: float = 0.0
@@ -70,7 +48,7 @@ class ObjectiveArgs:
 
 
 @dataclass
-class MemoryArgs:
+class MemorySettings:
     """Levers that trade compute for memory or speed; none changes the loss."""
 
     vq_chunk_size: int | None = None
@@ -95,7 +73,7 @@ class MemoryArgs:
 
 
 @dataclass
-class ValidationArgs:
+class ValidationSettings:
     """What each validation scores and draws."""
 
     prompts: list[str] = field(default_factory=list)

@@ -1,13 +1,8 @@
-"""Pieces of validation: fixed held-out masks, image grids, and the images a validation made."""
+"""The held-out scores of a validation: fixed masks, and the loss and accuracy per mask ratio."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
-from PIL import Image
 
 from amused_lightning.seeding import derive_seed
 from amused_lightning.training.masking import random_token_mask
@@ -33,32 +28,3 @@ def held_out_scores(ratios: list[float], losses: list, accuracies: list) -> dict
     scores["val/loss"] = torch.stack([v for k, v in scores.items() if "/loss_" in k]).mean()
     scores["val/accuracy"] = torch.stack([v for k, v in scores.items() if "/accuracy_" in k]).mean()
     return scores
-
-
-def image_grid(images: list[Image.Image], columns: int = 4) -> Image.Image:
-    """Images tiled left to right, top to bottom."""
-    width, height = images[0].size
-    columns = min(columns, len(images))
-    grid = Image.new("RGB", (columns * width, math.ceil(len(images) / columns) * height))
-    for i, image in enumerate(images):
-        grid.paste(image, ((i % columns) * width, (i // columns) * height))
-    return grid
-
-
-def save_validation_images(folder: Path, step: int, prompts: list[str], images: list[Image.Image]) -> Path:
-    """Write the step's grid as validation/step=NNNNNN.png, with prompts.txt giving the reading order."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "prompts.txt").write_text("".join(f"{i}: {prompt}\n" for i, prompt in enumerate(prompts)))
-    path = folder / f"step={step:06d}.png"
-    image_grid(images).save(path)
-    return path
-
-
-@dataclass(frozen=True)
-class ValidationImages:
-    """What a validation drew: the optimizer step, the prompts, one image per prompt, and the grid saved on disk."""
-
-    step: int
-    prompts: list[str]
-    images: list[Image.Image]
-    grid: Path

@@ -6,7 +6,7 @@ move of the whole module to the device, the optimizer, then per micro-batch Froz
 `on_train_batch_start` (frozen parts the batch does not use parked on the host), the forward under autocast,
 `zero_grad` (after the forward: Lightning's order) and the scaled backward, and per step the module's
 `optimizer_step` (GradScaler's unscale, step and update, then the gradients released). Validation samples images
-for the recipe's prompts through the module's `validation_pixels`.
+for the recipe's prompts as the ValidationImages callback draws them.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from amused_lightning.callbacks.placement import FrozenPlacement
+from amused_lightning.callbacks.validation_images import draw
 from amused_lightning.model.adapters import LoraSettings
 from amused_lightning.model.decoding import GenerationSettings
 from amused_lightning.model.encoding import pixels_per_token
 from amused_lightning.training.module import AmusedModule
 from amused_lightning.training.offload import OffloadedAdamW, OffloadedAdamW8bit
-from amused_lightning.training.settings import LRScheduleArgs, MemoryArgs, ValidationArgs
+from amused_lightning.training.settings import LRScheduleSettings, MemorySettings, ValidationSettings
 
 from memsim.common import (
     DEVICE,
@@ -80,17 +81,18 @@ def optimizer_factory(mode: str, offload: bool) -> functools.partial:
 def our_module(row: SimRow, offload: bool, inference_steps: int) -> AmusedModule:
     """The row's module with our defaults and its recipe's validation prompts, built on the meta device."""
     lora = LoraSettings(r=16, alpha=row.lora_alpha) if row.mode == "lora" else None
-    validation = ValidationArgs([""] * row.validation_prompts, GenerationSettings(inference_steps))
+    validation = ValidationSettings([""] * row.validation_prompts, GenerationSettings(inference_steps))
+    memory = MemorySettings(gradient_checkpointing=row.checkpointing)
     return built_on_meta(lambda: AmusedModule(pretrained=row.preset, optimizer=optimizer_factory(row.mode, offload),
-                                              lora=lora, memory=MemoryArgs(gradient_checkpointing=row.checkpointing),
-                                              lr_schedule=LRScheduleArgs(warmup_steps=0), validation=validation))
+                                              lora=lora, memory=memory, lr_schedule=LRScheduleSettings(warmup_steps=0),
+                                              validation=validation))
 
 
 def training_batch(module: AmusedModule, row: SimRow, pre_encoded: bool) -> dict[str, torch.Tensor]:
     """A synthetic batch as the data loader hands it to the device."""
     if pre_encoded:
-        grid = image_grid(row.resolution, pixels_per_token(module.vqvae.config))
-        return encoded_batch(row.batch, grid, module.text_encoder.config.projection_dim)
+        grid = image_grid(row.resolution, pixels_per_token(module.model.vqvae.config))
+        return encoded_batch(row.batch, grid, module.model.text_encoder.config.projection_dim)
     return pixel_batch(row.batch, row.resolution)
 
 
@@ -134,7 +136,7 @@ def validation_sampling(module: AmusedModule, row: SimRow, tracker: MemoryTracke
     """The module's validation images under the precision's autocast, as `on_validation_epoch_end` samples them;
     validation steps on pre-encoded batches run no frozen part, so nothing else moves."""
     with tracker.phase("validation sampling"), autocast(row.precision, cache_enabled=False):
-        module.validation_pixels()
+        draw(module)
 
 
 def simulate_ours(row: SimRow, steps: int = 2, pre_encoded: bool = True, offload: bool = False,
