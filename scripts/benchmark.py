@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from amused_lightning.callbacks.placement import FrozenPlacement
-from amused_lightning.callbacks.validation_images import draw
+from amused_lightning.callbacks.validation_images import validation_pixels
 from amused_lightning.data.batch import IMAGE_TOKENS, INPUT_IDS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
 from amused_lightning.model.adapters import LoraSettings
 from amused_lightning.model.encoding import encode_image_tokens, encode_prompts, pixels_per_token
@@ -181,7 +181,7 @@ def validation_peak(module: AmusedModule, trainer: L.Trainer) -> float:
     """Peak reserved memory while the module samples its validation images as a fit's validation does."""
     torch.cuda.reset_peak_memory_stats()
     with trainer.precision_plugin.forward_context():
-        draw(module)
+        validation_pixels(module)
     return torch.cuda.max_memory_reserved() / GB
 
 

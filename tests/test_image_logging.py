@@ -6,7 +6,9 @@ from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 import wandb
 from lightning.pytorch.loggers import CometLogger, MLFlowLogger, TensorBoardLogger
 from PIL import Image
@@ -101,7 +103,8 @@ def validation_end(callback: ValidationImages, loggers: list, tmp_path: Path) ->
     precision = SimpleNamespace(forward_context=nullcontext)
     trainer = SimpleNamespace(loggers=loggers, is_global_zero=True, sanity_checking=False, global_step=7,
                               default_root_dir=str(tmp_path), precision_plugin=precision)
-    model = SimpleNamespace(generate=lambda *args, **kwargs: IMAGES, spec=SimpleNamespace(seed=0))
+    pixels = torch.stack([torch.from_numpy(np.asarray(image)).permute(2, 0, 1) / 255 for image in IMAGES])
+    model = SimpleNamespace(generate_pixels=lambda *args, **kwargs: pixels, spec=SimpleNamespace(seed=0))
     validation = SimpleNamespace(prompts=PROMPTS, generation=None, start_images=lambda: None)
     module = SimpleNamespace(model=model, validation=validation, memory=SimpleNamespace(decode_chunk_size=1),
                              image_metrics=[])

@@ -8,10 +8,10 @@ from diffusers import AmusedImg2ImgPipeline, AmusedInpaintPipeline, AmusedSchedu
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
-from amused_lightning.callbacks.validation_images import draw
+from amused_lightning.callbacks.validation_images import validation_pixels
 from amused_lightning.commands.generate import main as generate_main
 from amused_lightning.model.amused import AmusedModel
-from amused_lightning.model.decoding import GenerationSettings
+from amused_lightning.model.decoding import GenerationSettings, to_pil
 from amused_lightning.model.start_images import StartImages, first_step, repaint_mask, start_pixels
 from amused_lightning.training.module import AmusedModule
 from amused_lightning.training.settings import ValidationSettings
@@ -131,7 +131,8 @@ def test_validation_draws_from_start_images(tmp_path, toy_dataset, capsys):
     module = AmusedModule(validation=validation).eval()
     start = StartImages([noise_image(64, 64, 4)] * 2, [box_mask(64, 64)] * 2)
     expected = module.model.generate(PROMPTS, validation.generation, 0, start=start, decode_chunk_size=1)
-    assert [np.asarray(a).tolist() for a in draw(module)] == [np.asarray(b).tolist() for b in expected]
+    drawn = to_pil(validation_pixels(module))
+    assert [np.asarray(a).tolist() for a in drawn] == [np.asarray(b).tolist() for b in expected]
     with pytest.raises(FileNotFoundError, match=r"model.validation.images\[1\]='nope.png': no such image file"):
         ValidationSettings(PROMPTS, images=[files[0], "nope.png"])
     with pytest.raises(ValueError, match="model.validation.images has 1 files for 2"):

@@ -11,9 +11,11 @@ from collections.abc import Callable
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.loggers import CometLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from PIL import Image
 
+from amused_lightning.model.decoding import to_pil
 from amused_lightning.run.folder import RunFolder, ValidationGrid
 from amused_lightning.toy.image_metrics import evaluate_image_metrics
 
@@ -82,12 +84,13 @@ def send_images(logger: Logger, grid: ValidationGrid, images: list[Image.Image])
     return False
 
 
-def draw(pl_module: L.LightningModule) -> list[Image.Image]:
-    """The module's validation prompts drawn with its sampling settings and seed (from its start images, if any),
-    `memory.decode_chunk_size` images per VQ decoder call: those of `generate` to fp32 rounding."""
+def validation_pixels(pl_module: L.LightningModule) -> torch.Tensor:
+    """(B, 3, H, W) pixels of the module's validation prompts, drawn with its sampling settings and seed (from its
+    start images, if any), `memory.decode_chunk_size` images per VQ decoder call: those of `generate` to fp32
+    rounding."""
     settings, model = pl_module.validation, pl_module.model
-    return model.generate(settings.prompts, settings.generation, model.spec.seed, start=settings.start_images(),
-                          decode_chunk_size=pl_module.memory.decode_chunk_size)
+    return model.generate_pixels(settings.prompts, settings.generation, model.spec.seed, start=settings.start_images(),
+                                 decode_chunk_size=pl_module.memory.decode_chunk_size)
 
 
 class ValidationImages(L.Callback):
@@ -109,7 +112,7 @@ class ValidationImages(L.Callback):
         if not prompts or not trainer.is_global_zero or trainer.sanity_checking:
             return
         with trainer.precision_plugin.forward_context():
-            images = draw(pl_module)
+            images = to_pil(validation_pixels(pl_module))
         grid = RunFolder(trainer.default_root_dir).save_validation(trainer.global_step, prompts, image_grid(images))
         scores = evaluate_image_metrics(pl_module.image_metrics, prompts, images)
         for logger in trainer.loggers if scores else []:

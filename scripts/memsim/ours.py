@@ -18,7 +18,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from amused_lightning.callbacks.placement import FrozenPlacement
-from amused_lightning.callbacks.validation_images import draw
+from amused_lightning.callbacks.validation_images import validation_pixels
 from amused_lightning.model.adapters import LoraSettings
 from amused_lightning.model.decoding import GenerationSettings
 from amused_lightning.model.encoding import pixels_per_token
@@ -136,7 +136,7 @@ def validation_sampling(module: AmusedModule, row: SimRow, tracker: MemoryTracke
     """The module's validation images under the precision's autocast, as `on_validation_epoch_end` samples them;
     validation steps on pre-encoded batches run no frozen part, so nothing else moves."""
     with tracker.phase("validation sampling"), autocast(row.precision, cache_enabled=False):
-        draw(module)
+        validation_pixels(module)
 
 
 def simulate_ours(row: SimRow, steps: int = 2, pre_encoded: bool = True, offload: bool = False,
