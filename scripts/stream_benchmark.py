@@ -58,6 +58,7 @@ def measure(folder: Path, what: str, amount: int) -> dict:
     import random
 
     from amused_lightning.data.buckets import CropSize
+    from amused_lightning.data.sources.webdataset import WebDataset
     from amused_lightning.data.stream_dataset import (
         Readers,
         StreamDataset,
@@ -65,7 +66,6 @@ def measure(folder: Path, what: str, amount: int) -> dict:
         light_batches,
         reader_records,
     )
-    from amused_lightning.data.webdataset import WebDataset
     from amused_lightning.model.components import load_components
 
     source = WebDataset(str(folder / "*.tar"))

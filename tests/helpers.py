@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from amused_lightning.__main__ import main
 from amused_lightning.commands.fit import AmusedCLI, cli_main
 from amused_lightning.data import AmusedDataModule
-from amused_lightning.data.sources import DataSource
+from amused_lightning.data.sources.base import DataSource
 from amused_lightning.model.components import components_identity, load_components
 from amused_lightning.model.encoding import FrozenEncoders
 from amused_lightning.training.optim import parameter_groups

@@ -17,8 +17,8 @@ from amused_lightning.commands.check_data import main as check_data
 from amused_lightning.commands.generate import main as generate_main
 from amused_lightning.data import AmusedDataModule, ImageFolder
 from amused_lightning.data.bucket_sampler import BucketSampler
-from amused_lightning.data.buckets import AspectBuckets, RowLayout, bucket_grids, bucket_layout, nearest_grid
-from amused_lightning.data.sources import DataSourceError
+from amused_lightning.data.buckets import AspectBucketSettings, RowLayout, bucket_grids, bucket_layout, nearest_grid
+from amused_lightning.data.sources.base import DataSourceError
 from amused_lightning.data.transforms import preprocess_image
 from amused_lightning.model.components import load_components
 from amused_lightning.model.encoding import encode_image_tokens
@@ -44,7 +44,7 @@ def folder(tmp_path_factory):
 def bucketed(folder, **settings):
     """A DataModule on `folder` at 32 px, batch 2, with buckets of max ratio 2."""
     return connected(ImageFolder(str(folder)), resolution=32, batch_size=2, val_samples=1,
-                     aspect_buckets=AspectBuckets(), **settings)
+                     aspect_buckets=AspectBucketSettings(), **settings)
 
 
 @pytest.mark.parametrize("side, multiple, max_ratio", [(16, 1, 2.0), (32, 2, 2.0), (8, 1, 2.0), (16, 1, 1.5)])
@@ -62,7 +62,7 @@ def test_amused_256_buckets_and_the_square_only():
                                         (12, 21), (21, 12)]
     assert bucket_grids(16, 1, 1.0) == [(16, 16)]
     with pytest.raises(ValueError, match=r"data.aspect_buckets.max_ratio=0.5 must be at least 1"):
-        AspectBuckets(max_ratio=0.5)
+        AspectBucketSettings(max_ratio=0.5)
 
 
 def test_images_go_to_the_bucket_nearest_their_aspect_ratio():

@@ -5,7 +5,7 @@ from PIL import Image
 
 from amused_lightning.data import AmusedDataModule, HFDataset, ImageFolder, SingleImage
 from amused_lightning.data.sampler import ResumableSampler
-from amused_lightning.data.sources import DataSourceError
+from amused_lightning.data.sources.base import DataSourceError
 
 from helpers import connected, tiny_encoders
 
@@ -89,9 +89,10 @@ def test_setup_before_connect_says_what_to_call(toy_dataset):
             hook()
     datamodule.connect(tiny_encoders())
     datamodule.setup("fit")
-    assert datamodule.hparams.source == {"class_path": "amused_lightning.data.sources.HFDataset", "init_args": dict(
-        path=str(toy_dataset), split="train", image_key="image", prompt_key="text", prompt_prefix=None,
-        val_split=None, name=None, data_files=None, revision=None)}
+    assert datamodule.hparams.source == {
+        "class_path": "amused_lightning.data.sources.hf_dataset.HFDataset", "init_args": dict(
+            path=str(toy_dataset), split="train", image_key="image", prompt_key="text", prompt_prefix=None,
+            val_split=None, name=None, data_files=None, revision=None)}
 
 
 def test_empty_folder_and_unreadable_single_image(tmp_path):

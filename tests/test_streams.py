@@ -22,10 +22,10 @@ from amused_lightning.commands.check_data import main as check_data
 from amused_lightning.commands.fit import cli_main
 from amused_lightning.data import HFDataset, HFStream, WebDataset
 from amused_lightning.data.bad_data import BadImageError
-from amused_lightning.data.sources import DataSourceError
+from amused_lightning.data.sources.base import DataSourceError
+from amused_lightning.data.sources.stream import held_out_records
+from amused_lightning.data.sources.webdataset import expand_braces
 from amused_lightning.data.stream_dataset import Readers, buffer_shuffled, reader_pass, reader_records, shuffled_pass
-from amused_lightning.data.streams import held_out_records
-from amused_lightning.data.webdataset import expand_braces
 
 from helpers import connected, fails_with, scalars, transformer_weights
 from make_toy_dataset import build, write_tar

@@ -109,15 +109,11 @@ def bucket_lines(datamodule: AmusedDataModule, source: DataSource, settings, rep
 
 def rows_to_check(datamodule: AmusedDataModule, records: int) -> DataSource:
     """The data module's rows; for a stream, its first `records` records, kept in memory."""
-    from amused_lightning.data.streams import RecordList, StreamSource, first_records
-
-    source = datamodule.source
-    if not isinstance(source, StreamSource):
-        return source
-    kept = RecordList(list(first_records(source, records)), source.describe())
-    print(f"{source.describe()} is a stream of {source.shard_count} shards: this report covers its first "
-          f"{len(kept)} records (--records)")
-    return kept
+    rows, source = datamodule.pipeline.rows_to_check(records), datamodule.source
+    if rows is not source:
+        print(f"{source.describe()} is a stream of {source.shard_count} shards: this report covers its first "
+              f"{len(rows)} records (--records)")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> DataReport:

@@ -84,9 +84,10 @@ def image_size(args: argparse.Namespace, model: AmusedModel) -> tuple[int, int]:
     return args.width or side, args.height or side
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
+def command_parser() -> CommandParser:
+    """The command's options, as `--help` lists them."""
     parser = CommandParser(prog="python -m amused_lightning generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompts", nargs="*", help="one or more prompts (or `prompts:` in --config)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the PNGs")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -112,6 +113,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--strength", type=float, default=None, help="with --image: share of the decoding steps "
                         "that redraw it, in (0, 1] (default 0.5, or 1 with --mask)")
     add_config_argument(parser)
+    return parser
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The options of `argv` (and of its --config file), with the combinations that cannot work refused."""
+    parser = command_parser()
     args = parse_with_config(parser, argv)
     if not args.prompts:
         parser.error("give one or more prompts (or a `prompts:` list in --config)")

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from amused_lightning.data.bad_data import SCAN_PROGRESS_FROM
-from amused_lightning.data.sources import DataSource
+from amused_lightning.data.sources.base import DataSource
 from amused_lightning.data.transforms import upright_size
 from amused_lightning.errors import SettingError
 from amused_lightning.progress import iterate
@@ -25,7 +25,7 @@ Size = tuple[int, int]  # (width, height) in pixels, as PIL gives it
 
 
 @dataclass
-class AspectBuckets:
+class AspectBucketSettings:
     """Training crops shaped like their images (opt-in): grids of about the square's token count."""
 
     max_ratio: float = 2.0

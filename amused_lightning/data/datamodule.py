@@ -1,42 +1,38 @@
-"""LightningDataModule for aMUSEd finetuning: one data source, resolution cropping, tokenization in workers,
-and an optional pre-encoded cache of image tokens and prompt embeddings."""
+"""LightningDataModule for aMUSEd finetuning: the settings of the data, checked once; the pipeline the source's kind
+calls for (rows or a stream) does the rest. Counts bad rows passed over and keeps the exact resume point."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-from contextlib import nullcontext
-from pathlib import Path
+from typing import Any
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, Dataset
 
-from amused_lightning.data.bad_data import ON_BAD_IMAGE, BadImageError, apply_to_scan
+from amused_lightning.data.bad_data import ON_BAD_IMAGE
 from amused_lightning.data.batch import POSITION, Batch
-from amused_lightning.data.bucket_sampler import BucketSampler
-from amused_lightning.data.buckets import (
-    AspectBuckets,
-    CropSize,
-    Grid,
-    RowLayout,
-    bucket_grids,
-    square_layout,
-    training_layout,
-)
-from amused_lightning.data.cache import CacheBuilder, CacheSpec, TokenCache
-from amused_lightning.data.datasets import REPLACED, CachedDataset, PixelDataset
-from amused_lightning.data.sampler import ResumableSampler
-from amused_lightning.data.sources import DataSource, DataSourceError, Split
-from amused_lightning.data.stream_dataset import StreamLayout, check_same_layout, stream_training_data
-from amused_lightning.data.streams import StreamSource
+from amused_lightning.data.buckets import AspectBucketSettings
+from amused_lightning.data.datasets import REPLACED
+from amused_lightning.data.pipeline import Pipeline, Processes
+from amused_lightning.data.rows_pipeline import RowsPipeline
+from amused_lightning.data.sources import DataSource, DataSourceError, StreamSource
+from amused_lightning.data.stream_pipeline import StreamPipeline
 from amused_lightning.model.encoding import FrozenEncoders, pixels_per_token
 from amused_lightning.settings import as_settings
 
 log = logging.getLogger(__name__)
 CACHE_MODES = ("auto", "on", "off")
 SKIPPED_METRIC = "train/skipped_samples"
+# Each kind of source has its pipeline: a source is of the kind of the base class it extends.
+PIPELINES: dict[type, type[Pipeline]] = {DataSource: RowsPipeline, StreamSource: StreamPipeline}
+
+
+def pipeline_for(source: DataSource | StreamSource) -> type[Pipeline]:
+    """The pipeline of the source's kind."""
+    pipeline = next((pipeline for kind, pipeline in PIPELINES.items() if isinstance(source, kind)), None)
+    if pipeline is None:
+        raise DataSourceError(f"data.source: a {type(source).__name__} is neither a DataSource nor a StreamSource")
+    return pipeline
 
 
 class AmusedDataModule(L.LightningDataModule):
@@ -57,7 +53,7 @@ class AmusedDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         seed: int = 0,
         on_bad_image: str = "skip",
-        aspect_buckets: AspectBuckets | None = None,
+        aspect_buckets: AspectBucketSettings | None = None,
         shuffle_buffer: int = 1000,
     ):
         """
@@ -107,23 +103,18 @@ class AmusedDataModule(L.LightningDataModule):
             raise DataSourceError(f"data.cache={cache!r} is not one of {list(CACHE_MODES)}")
         if on_bad_image not in ON_BAD_IMAGE:
             raise DataSourceError(f"data.on_bad_image={on_bad_image!r} is not one of {list(ON_BAD_IMAGE)}")
-        if isinstance(source, StreamSource) and cache == "on":
-            raise DataSourceError(f"data.cache='on': a stream ({type(source).__name__}) is read pass by pass and never "
-                                  "held whole, so it cannot be pre-encoded; set data.cache: auto or off")
         self.source = source
-        self.buckets = as_settings(AspectBuckets, aspect_buckets)
-        self.encoders: FrozenEncoders | None = None
-        self._split = None
-        self._layout: RowLayout | None = None  # the training rows in their buckets
+        self.buckets = as_settings(AspectBucketSettings, aspect_buckets)
+        self.pipeline = pipeline_for(source)(source, self.hparams, self.buckets)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
-        self._sampler: ResumableSampler | None = None
-        self._resume: tuple[int, int] | None = None
         self._consumed: tuple[int, int] | None = None
-        self._left_out = 0  # bad rows the scan left out
         self._replaced = 0  # draws that passed over a bad row, in this run and the runs it resumes
         self._logged_skipped: int | None = None
-        self._saved_layout: dict | None = None  # how the checkpoint's run read its stream
+
+    @property
+    def encoders(self) -> FrozenEncoders | None:
+        return self.pipeline.encoders
 
     def connect(self, encoders: FrozenEncoders) -> None:
         """Receive the model's tokenizer and frozen encoders: the cache is encoded with them and keyed by their
@@ -133,162 +124,24 @@ class AmusedDataModule(L.LightningDataModule):
             halved = f" times {multiple}, the transformer's downsampling" if multiple > 1 else ""
             raise DataSourceError(f"data.resolution={self.hparams.resolution} is not a multiple of the VQ "
                                   f"downscale factor {factor}{halved} of the model ({encoders.identity})")
-        self.encoders = encoders
+        self.pipeline.encoders = encoders
 
     def _check_connected(self) -> None:
         if self.encoders is None:
             raise RuntimeError("AmusedDataModule.connect(model.frozen_encoders()) must be called before "
-                               "prepare_data/setup (AmusedCLI does it before fit and validate)")
+                               "prepare_data/setup (`amused_lightning.fit` and the validate command do it)")
 
     def prepare_data(self) -> None:
-        # One process per machine encodes the cache; the others read it in setup().
         self._check_connected()
-        if self.hparams.cache != "off" and not self.streamed:
-            self._caches(build=True)
+        self.pipeline.prepare(Processes.of(self.trainer))
 
     def setup(self, stage: str) -> None:
-        if self.train_dataset is not None:
-            return
-        self._check_connected()
-        if self.streamed:
-            self._setup_stream()
-            return
-        train_cache, val_cache = self._caches(build=self.trainer is None or self.trainer.local_rank == 0)
-        hp, split = self.hparams, self._split
-        self.train_dataset = self._dataset(self.source, self._layout, train_cache, hp.center_crop, hp.random_flip)
-        # Held-out samples are scored deterministically: centre-cropped squares, no flip, with or without buckets.
-        self.val_dataset = self._dataset(split.held_out, square_layout(split.held_out_rows, hp.resolution), val_cache,
-                                         True, False)
-
-    @property
-    def streamed(self) -> bool:
-        """Whether the source is a stream (read pass by pass) rather than rows."""
-        return isinstance(self.source, StreamSource)
-
-    def _setup_stream(self) -> None:
-        """The stream's training batches, and its held-out records kept in memory."""
-        hp = self.hparams
-        if self.trainer is not None and self.trainer.max_steps < 0:
-            raise DataSourceError(f"data.source ({type(self.source).__name__}) is a stream, which has no end: set "
-                                  "trainer.max_steps")
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        crop_size = CropSize(hp.resolution, self._bucket_grids(), pixels_per_token(self.encoders.vqvae.config))
-        self.train_dataset, held_out = stream_training_data(self.source, hp, self.encoders.tokenizer, crop_size, rank,
-                                                            self._world_size())
-        self.val_dataset = self._dataset(held_out, square_layout(list(range(len(held_out))), hp.resolution), None,
-                                         True, False)
-        if self._resume is not None:
-            self._resume_stream()
-
-    def _dataset(self, source: DataSource, layout: RowLayout, cache: TokenCache | None, center_crop: bool,
-                 random_flip: bool) -> Dataset:
-        tokenizer, hp = self.encoders.tokenizer, self.hparams
-        if cache is not None:
-            return CachedDataset(cache, source, layout, sorted(set(layout.rows)), tokenizer, hp.on_bad_image)
-        return PixelDataset(source, layout, tokenizer, center_crop, random_flip, hp.aesthetic_score, hp.on_bad_image)
-
-    def _checked_split(self) -> Split:
-        """The split of the rows the scan finds usable, the others reported as data.on_bad_image says."""
-        hp = self.hparams
-        self._report_scan(self.source)
-        split = self.source.split_rows(hp.val_samples, hp.seed, hp.batch_size, self._world_size())
-        if split.held_out is not self.source:
-            self._report_scan(split.held_out)
-        return split
-
-    def _report_scan(self, source: DataSource) -> None:
-        apply_to_scan(source.bad_rows, source.where, len(source), self.hparams.on_bad_image)
-        self._left_out += len(source.bad_rows)
-
-    def _caches(self, build: bool) -> tuple[TokenCache | None, TokenCache | None]:
-        """The training and held-out caches, built if absent and `build`; None when caching is off or would change
-        training (then the held-out rows are not cached either)."""
-        hp = self.hparams
-        if self._split is None:
-            self._split = self._checked_split()
-            self._layout = training_layout(self.source, self._split.train_rows, hp.resolution,
-                                           pixels_per_token(self.encoders.vqvae.config), self._bucket_grids())
-        if hp.cache == "off":
-            return None, None
-        builder = self._cache_builder()
-        split = self._split
-        train = builder.get(self.cache_spec(self.source, split.train_rows, hp.center_crop, hp.random_flip,
-                                            hp.cache_crops, self._bucket_grids()), self.source,
-                            sorted(set(split.train_rows)), exact_only=hp.cache == "auto", build=build,
-                            sizes=self._layout.size_of())
-        if train is None:
-            return None, None
-        val = builder.get(self.cache_spec(split.held_out, split.held_out_rows, True, False, 1), split.held_out,
-                          sorted(set(split.held_out_rows)), exact_only=False, build=build)
-        known_bad = [message for cache in (train, val) if cache is not None for message in cache.bad.values()]
-        if known_bad and hp.on_bad_image == "error":  # a cache built under "skip" knows them before training
-            raise BadImageError(known_bad[0])
-        return train, val
-
-    def cache_spec(self, source: DataSource, rows: list[int], center_crop: bool, random_flip: bool,
-                   crops: int, grids: tuple[Grid, ...] | None = None) -> CacheSpec:
-        """What the cache of `rows` of `source`, cropped to the buckets of `grids` (None: squares), depends on, hence
-        its key."""
-        hp, encoders = self.hparams, self.encoders
-        return CacheSpec(data=source.identity, components=encoders.identity, resolution=hp.resolution,
-                         center_crop=center_crop, random_flip=random_flip, aesthetic_score=hp.aesthetic_score,
-                         crops=crops, rows=hashlib.sha256(str(sorted(set(rows))).encode()).hexdigest(),
-                         text_precision=None if encoders.text_encoder_trains else self._precision(), seed=hp.seed,
-                         bucket_grids=grids)
-
-    def _bucket_grids(self) -> tuple[Grid, ...] | None:
-        """The aspect-ratio buckets' token grids, or None without buckets."""
-        if self.buckets is None:
-            return None
-        factor = pixels_per_token(self.encoders.vqvae.config)
-        return tuple(bucket_grids(self.hparams.resolution // factor, self.encoders.token_grid_multiple,
-                                  self.buckets.max_ratio))
-
-    def _cache_builder(self) -> CacheBuilder:
-        root = self.hparams.cache_dir or os.environ.get("AMUSED_LIGHTNING_CACHE", "~/.cache/amused_lightning")
-        if self.trainer is None:
-            return CacheBuilder(Path(root).expanduser(), self.encoders, torch.device("cpu"), nullcontext,
-                                self.hparams.batch_size, self.hparams.on_bad_image)
-        return CacheBuilder(Path(root).expanduser(), self.encoders, self.trainer.strategy.root_device,
-                            self.trainer.precision_plugin.forward_context, self.hparams.batch_size,
-                            self.hparams.on_bad_image)
-
-    def _precision(self) -> str:
-        return str(self.trainer.precision) if self.trainer is not None else "32-true"
-
-    def _world_size(self) -> int:
-        return self.trainer.world_size if self.trainer is not None else 1
+        if self.train_dataset is None:
+            self._check_connected()
+            self.train_dataset, self.val_dataset = self.pipeline.datasets(Processes.of(self.trainer))
 
     def train_dataloader(self) -> DataLoader:
-        if self.streamed:
-            return self._stream_dataloader()
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        sampler_class = ResumableSampler if self.buckets is None else BucketSampler
-        self._sampler = sampler_class(self.train_dataset, self._world_size(), rank, seed=self.hparams.seed,
-                                      batch_size=self.hparams.batch_size)
-        if self._resume is not None:
-            self._sampler.resume_at(*self._resume)
-        return DataLoader(self.train_dataset, batch_size=self.hparams.batch_size, sampler=self._sampler,
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
-
-    def _stream_dataloader(self) -> DataLoader:
-        """The stream's batches, made whole in the readers (one crop size each)."""
-        hp = self.hparams
-        return DataLoader(self.train_dataset, batch_size=None, num_workers=hp.num_workers,
-                          persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available())
-
-    def _resume_stream(self) -> None:
-        """Start the stream after the batches the checkpoint's run trained on (a count of all processes' draws)."""
-        if self._saved_layout is None:
-            log.warning("the checkpoint was written by a run that read rows, not a stream: the stream starts from "
-                        "its beginning")
-            return
-        check_same_layout(self._saved_layout, self._stream_layout())
-        self.train_dataset.resume_at(self._resume[1] // self._world_size() // self.hparams.batch_size)
-
-    def _stream_layout(self) -> StreamLayout:
-        return StreamLayout.of(self._world_size(), self.hparams.num_workers, self.hparams.batch_size)
+        return self.pipeline.train_dataloader(self.train_dataset, Processes.of(self.trainer))
 
     def val_dataloader(self) -> DataLoader:
         keys = [(index, 0, index) for index in range(len(self.val_dataset))]
@@ -300,7 +153,7 @@ class AmusedDataModule(L.LightningDataModule):
         replaced = int(batch.pop(REPLACED).sum()) if REPLACED in batch else 0
         if self.trainer is not None and self.trainer.training:
             # Draws of the epoch taken by all processes together (each takes as many), not by this one alone.
-            self._consumed = (self.trainer.current_epoch, (int(batch[POSITION].max()) + 1) * self._world_size())
+            self._consumed = (self.trainer.current_epoch, (int(batch[POSITION].max()) + 1) * self.trainer.world_size)
             self._replaced += replaced
             self._log_skipped()
         return batch
@@ -308,7 +161,7 @@ class AmusedDataModule(L.LightningDataModule):
     @property
     def skipped_samples(self) -> int:
         """Bad rows left out before training, plus draws that passed over a bad row."""
-        return self._left_out + self._replaced
+        return self.pipeline.left_out + self._replaced
 
     def _log_skipped(self) -> None:
         """`train/skipped_samples` to the loggers, at the first step and whenever it grows."""
@@ -321,20 +174,17 @@ class AmusedDataModule(L.LightningDataModule):
     def teardown(self, stage: str) -> None:
         if stage == "fit" and self.skipped_samples:
             log.warning("data.on_bad_image=skip: bad rows left out before training: %d; draws that passed over a bad "
-                        "row: %d (named in the warnings above; %s)", self._left_out, self._replaced, SKIPPED_METRIC)
+                        "row: %d (named in the warnings above; %s)", self.pipeline.left_out, self._replaced,
+                        SKIPPED_METRIC)
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, Any]:
         if self._consumed is None:
             return {}
         state = {"epoch": self._consumed[0], "position": self._consumed[1], "replaced": self._replaced}
-        return {**state, "stream": self._stream_layout()._asdict()} if self.streamed else state
+        return {**state, **self.pipeline.state(Processes.of(self.trainer))}
 
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:
-            self._resume = (state_dict["epoch"], state_dict["position"])
             self._replaced = state_dict.get("replaced", 0)
-            self._saved_layout = state_dict.get("stream")
-            if self._sampler is not None:
-                self._sampler.resume_at(*self._resume)
-            if self.streamed and self.train_dataset is not None:
-                self._resume_stream()
+            self.pipeline.resume_at(state_dict["epoch"], state_dict["position"], state_dict,
+                                    Processes.of(self.trainer))

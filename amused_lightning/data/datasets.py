@@ -15,7 +15,7 @@ from amused_lightning.data.bad_data import draw
 from amused_lightning.data.batch import INPUT_IDS, POSITION
 from amused_lightning.data.buckets import RowLayout
 from amused_lightning.data.cache import TokenCache
-from amused_lightning.data.sources import DataSource
+from amused_lightning.data.sources.base import DataSource
 from amused_lightning.data.transforms import preprocess_image
 from amused_lightning.model.encoding import tokenize_prompts
 

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from amused_lightning.data.buckets import RowLayout
-from amused_lightning.data.sources import DataSource
+from amused_lightning.data.sources.base import DataSource
 from amused_lightning.data.transforms import upright_size
 from amused_lightning.model.presets import CLIP_MAX_LENGTH
 from amused_lightning.progress import iterate

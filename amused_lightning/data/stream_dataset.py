@@ -29,8 +29,8 @@ from amused_lightning.data.bad_data import BadImageError, UnusableImage, draw, l
 from amused_lightning.data.batch import INPUT_IDS, POSITION
 from amused_lightning.data.captions import caption_index
 from amused_lightning.data.datasets import REPLACED
-from amused_lightning.data.sources import DataSourceError
-from amused_lightning.data.streams import Record, RecordId, RecordList, StreamSource, held_out_records
+from amused_lightning.data.sources.base import DataSourceError
+from amused_lightning.data.sources.stream import Record, RecordId, RecordList, StreamSource, held_out_records
 from amused_lightning.data.transforms import preprocess_image
 from amused_lightning.model.encoding import tokenize_prompts
 from amused_lightning.seeding import derive_seed

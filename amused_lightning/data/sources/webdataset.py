@@ -19,8 +19,9 @@ from functools import cached_property
 import fsspec
 
 from amused_lightning.data.captions import DATASET_COLUMN, Captions, caption_lines
-from amused_lightning.data.sources import DataSourceError, could_be_hub_id
-from amused_lightning.data.streams import Record, StreamSource
+from amused_lightning.data.sources.base import DataSourceError
+from amused_lightning.data.sources.hub import could_be_hub_id
+from amused_lightning.data.sources.stream import Record, StreamSource
 
 log = logging.getLogger(__name__)
 
