@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -45,7 +47,8 @@ def connected(source: DataSource, text_encoder_trains: bool = False, **settings)
     return datamodule
 
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
 
 
 def recipe_configs(recipe: str) -> list[str]:
@@ -129,3 +132,33 @@ def fails_with(capsys, *argv: str) -> str:
     assert exit_info.value.code == 2 and err and err[-1].startswith("error: ")
     assert not any("Traceback" in line for line in err)
     return err[-1]
+
+
+def tiny_fit(root: Path, dataset: Path, *extra: str) -> list[str]:
+    """`fit` arguments for the tiny preset at 32 px."""
+    return ["fit", "--trainer.default_root_dir", str(root), "--trainer.accelerator", "cpu", "--model.pretrained",
+            "tiny", "--data.source", "HFDataset", "--data.source.path", str(dataset), "--data.resolution", "32",
+            "--data.batch_size", "4", "--trainer.enable_model_summary", "false", *extra]
+
+
+def transformer_inputs(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return dict(input_ids=torch.randint(0, 65, (2, 16, 16), generator=generator),
+                encoder_hidden_states=torch.randn(2, 77, 32, generator=generator),
+                pooled_text_emb=torch.randn(2, 32, generator=generator),
+                micro_conds=torch.tensor([[64.0, 64, 0, 0, 6]] * 2))
+
+
+STEPS = "8"
+# Batch 2, accumulation 2: 6 micro-batches an epoch, 3 optimizer steps; no validation, to keep it quick.
+COMMON = ("--trainer.max_steps", STEPS, "--data.batch_size", "2", "--trainer.accumulate_grad_batches", "2",
+          "--trainer.limit_val_batches", "0", "--model.objective.cond_dropout_prob", "0.3",
+          "--checkpoint.every_n_train_steps", "1")
+
+
+def start_fit(root: Path, dataset: Path, *extra: str) -> subprocess.Popen:
+    """`python -m amused_lightning fit` on the tiny preset in its own session (as a terminal's job is)."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-m", "amused_lightning", *tiny_fit(root, dataset, *COMMON, *extra)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,8 @@ from amused_lightning.__main__ import main
 from amused_lightning.commands import check_data, export, generate
 from amused_lightning.commands.fit import cli_main
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 COMMAND = "python -m amused_lightning"
 

@@ -10,14 +10,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from helpers import REPO
 from memsim.tracker import MemoryTracker, rounded
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def mlp_hand_count(width: int, hidden: int, batch: int, counters_on_device: bool) -> int:
@@ -27,6 +25,7 @@ def mlp_hand_count(width: int, hidden: int, batch: int, counters_on_device: bool
     tensors = [hidden * width, hidden, width * hidden, width]
     counters = len(tensors) * rounded(4) if counters_on_device else 0
     return 5 * sum(rounded(4 * n) for n in tensors) + rounded(4 * batch * width) + counters
+
 
 
 def train_mlp(device: str, width: int, hidden: int, batch: int) -> MemoryTracker:
@@ -88,9 +87,9 @@ print(json.dumps({"mlp": mlp, "ours": [ours.peak, ours.phase], "reference": [ref
 
 def run_on_fake_cuda() -> dict:
     """The fake-CUDA checks in a fresh interpreter (the runtime has to load before torch)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts"),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "scripts"),
                                                    os.environ.get("PYTHONPATH", "")])}
-    shim = ROOT / "scripts" / "memsim" / "shim.py"
+    shim = REPO / "scripts" / "memsim" / "shim.py"
     result = subprocess.run([sys.executable, "-c", FAKE_CUDA_RUN, str(shim)], capture_output=True, text=True,
                             env=env, timeout=600)
     assert result.returncode == 0, f"simulation on fake CUDA failed (is g++ installed?):\n{result.stderr[-3000:]}"

@@ -5,11 +5,10 @@ import logging
 
 import pytest
 import torch
-from test_first_hour import tiny_fit
 
 from amused_lightning.training.resume import check_resume_settings
 
-from helpers import fails_with, fit
+from helpers import fails_with, fit, tiny_fit
 
 LORA = ("--model.lora.r", "4", "--model.lora.alpha", "8", "--checkpoint.every_n_train_steps", "1")
 

@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_first_hour import tiny_fit
 from torch import nn
 
 from amused_lightning.__main__ import main
@@ -14,7 +13,7 @@ from amused_lightning.callbacks.guard import NonFiniteGuard, SkipCounter
 from amused_lightning.errors import NonFiniteError
 from amused_lightning.training import module
 
-from helpers import fails_with
+from helpers import fails_with, tiny_fit
 
 
 def finite_checkpoint(path) -> int:

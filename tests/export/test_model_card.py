@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 from huggingface_hub import ModelCard
-from test_first_hour import tiny_fit
 
 from amused_lightning.callbacks.final_export import FinalExport
 from amused_lightning.commands.export import main as export_main
@@ -20,7 +19,7 @@ from amused_lightning.export.pipeline import export_files
 from amused_lightning.model.components import load_components
 from amused_lightning.run.checkpoint import FORMAT, MARK, RunCheckpoint
 
-from helpers import fails_with
+from helpers import fails_with, tiny_fit
 
 RUN = {"precision": "bf16-mixed", "devices": 2, "accumulate_grad_batches": 3, "train_rows": 100, "lr": 2e-5,
        "weight_decay": 0.01, "ema_decay": None}

@@ -6,7 +6,6 @@ import re
 import pytest
 import torch
 from diffusers import UVit2DModel
-from test_export import transformer_inputs
 from transformers import CLIPTextModelWithProjection
 
 from amused_lightning.commands.export import main as export_main
@@ -19,7 +18,7 @@ from amused_lightning.run.checkpoint import FORMAT, MARK
 from amused_lightning.training.optim import parameter_groups
 from amused_lightning.training.resume import check_resume_settings
 
-from helpers import fit
+from helpers import fit, transformer_inputs
 
 TOKENS = torch.randint(0, 514, (2, 77), generator=torch.Generator().manual_seed(3))
 

@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_first_hour import tiny_fit
 
-from helpers import fit, scalars
+from helpers import REPO, fit, scalars, tiny_fit
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 # Batch 2 per process; flips, conditioning dropout and masks are all drawn, so every random draw is compared.
 COMMON = ("--data.batch_size", "2", "--trainer.max_steps", str(STEPS), "--checkpoint.every_n_train_steps", "1",

@@ -5,12 +5,11 @@ import signal
 import time
 
 import pytest
-from test_preemption import COMMON, STEPS, start_fit
 
 from amused_lightning.errors import FolderInUseError
 from amused_lightning.run.lock import lock_run_folder
 
-from helpers import fit
+from helpers import COMMON, STEPS, fit, start_fit
 
 
 def test_the_lock_names_its_holder_and_is_released(tmp_path):

@@ -7,7 +7,7 @@ import yaml
 from amused_lightning.__main__ import COMMANDS, main
 from amused_lightning.commands.fit import cli_main
 
-from helpers import CONFIGS, fit, recipe_configs, scalars, transformer_weights
+from helpers import CONFIGS, REPO, fit, recipe_configs, scalars, transformer_weights
 
 RECIPES = sorted(path.stem for path in CONFIGS.glob("*.yaml") if path.stem != "quickstart")
 
@@ -65,7 +65,7 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, toy_dataset):
 
 
 def test_quickstart_config_values():
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml").read_text())
+    config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     assert config["model"]["pretrained"] == "toy" and config["model"]["lora"]["r"] == 32
     assert all(target.startswith("attn2.") for target in config["model"]["lora"]["target_modules"])
 

@@ -2,7 +2,6 @@
 weights), into an export, and into a resumed fit that writes the same layout; another format is refused in one line
 that names it."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,12 +12,12 @@ from amused_lightning.formats import LORA_WEIGHT_NAME
 from amused_lightning.model.amused import AmusedModel
 from amused_lightning.run.checkpoint import EMA_STATE_KEY, MARK, RunCheckpoint
 
-from helpers import fit
+from helpers import REPO, fit
 
 # Written by `fit` at commit b2a2b5b (before the restructuring): the tiny preset with LoRA r 2 (alpha 4) on the
 # transformer and r 2 on the text encoder, EMA on, 2 optimizer steps of batch 4 at 32 px on the `toy_dataset`
 # fixture. Only the absolute paths in it (ModelCheckpoint's state, the data source's path) were made relative.
-FORMAT_2 = Path(__file__).parent / "fixtures" / "format2-lora-ema.ckpt"
+FORMAT_2 = REPO / "tests" / "fixtures" / "format2-lora-ema.ckpt"
 SAME_RUN = ("--model.lora.r", "2", "--model.lora.alpha", "4", "--model.text_encoder.train", "true",
             "--model.text_encoder.lora.r", "2", "--ema.enabled", "true")
 

@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import pytest
 import torch
@@ -7,9 +6,9 @@ from amused_lightning.callbacks.ema import find_ema
 from amused_lightning.commands.fit import cli_main
 from amused_lightning.training.validation import held_out_mask
 
-from helpers import fit, image_steps, scalars
+from helpers import REPO, fit, image_steps, scalars
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
 PROMPTS = '["a pixel art character with square red glasses", "a pixel art character"]'
 
 

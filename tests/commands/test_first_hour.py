@@ -5,7 +5,6 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,22 +14,13 @@ from amused_lightning.progress import Printer, progress_line
 from amused_lightning.quiet import silence_harmless_messages
 from amused_lightning.training.module import AmusedModule
 
-from helpers import fails_with, scalars
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, fails_with, scalars, tiny_fit
 
 
 def command(*argv: str) -> subprocess.CompletedProcess:
     """`python -m amused_lightning ARGV` as a user runs it."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "amused_lightning", *argv], capture_output=True, text=True, env=env)
-
-
-def tiny_fit(root: Path, dataset: Path, *extra: str) -> list[str]:
-    """`fit` arguments for the tiny preset at 32 px."""
-    return ["fit", "--trainer.default_root_dir", str(root), "--trainer.accelerator", "cpu", "--model.pretrained",
-            "tiny", "--data.source", "HFDataset", "--data.source.path", str(dataset), "--data.resolution", "32",
-            "--data.batch_size", "4", "--trainer.enable_model_summary", "false", *extra]
 
 
 def test_help_is_instant_and_a_parse_error_is_one_line():

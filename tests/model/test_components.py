@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +9,9 @@ from amused_lightning.model.components import ComponentLoadError, load_component
 from amused_lightning.model.encoding import pixels_per_token
 from amused_lightning.model.presets import PRESETS, clip_text_config
 
-SHARED_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "amused-configs"
+from helpers import REPO
+
+SHARED_CONFIGS = REPO.parent / "shared" / "amused-configs"
 # Parameter counts of the published checkpoints (shared/amused-configs/README.md).
 REAL_SIZES = {
     "amused-256-arch": (603_537_664, 146_244_675, 123_650_304),

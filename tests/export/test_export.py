@@ -13,7 +13,7 @@ from amused_lightning.export.card import CARD_NAME, SAMPLES_NAME
 from amused_lightning.formats import LORA_WEIGHT_NAME
 from amused_lightning.model.components import load_components
 
-from helpers import fit
+from helpers import fit, transformer_inputs
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +26,6 @@ def lora_run(tmp_path_factory, toy_dataset):
               "--validation_steps", "2", "--model.validation.prompts", "[a pixel art character, a red body]",
               "--model.validation.generation.num_inference_steps", "2")
     return root, cli
-
-
-def transformer_inputs(seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return dict(input_ids=torch.randint(0, 65, (2, 16, 16), generator=generator),
-                encoder_hidden_states=torch.randn(2, 77, 32, generator=generator),
-                pooled_text_emb=torch.randn(2, 32, generator=generator),
-                micro_conds=torch.tensor([[64.0, 64, 0, 0, 6]] * 2))
 
 
 def test_fit_exports_ema_weights_into_the_run_folder(lora_run):

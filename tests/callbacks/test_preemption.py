@@ -4,31 +4,13 @@ a run resumed from it ends with the weights of an unbroken run."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from test_first_hour import tiny_fit
 
-from helpers import fit, transformer_weights
-
-REPO = Path(__file__).resolve().parents[1]
-STEPS = "8"
-# Batch 2, accumulation 2: 6 micro-batches an epoch, 3 optimizer steps; no validation, to keep it quick.
-COMMON = ("--trainer.max_steps", STEPS, "--data.batch_size", "2", "--trainer.accumulate_grad_batches", "2",
-          "--trainer.limit_val_batches", "0", "--model.objective.cond_dropout_prob", "0.3",
-          "--checkpoint.every_n_train_steps", "1")
-
-
-def start_fit(root: Path, dataset: Path, *extra: str) -> subprocess.Popen:
-    """`python -m amused_lightning fit` on the tiny preset in its own session (as a terminal's job is)."""
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "HF_HUB_OFFLINE": "1"}
-    argv = [sys.executable, "-m", "amused_lightning", *tiny_fit(root, dataset, *COMMON, *extra)]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+from helpers import COMMON, STEPS, fit, start_fit, transformer_weights
 
 
 @pytest.fixture(scope="module")
