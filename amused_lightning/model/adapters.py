@@ -73,11 +73,6 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> None:
         param.requires_grad_("lora_" in name)
 
 
-def has_lora(model: nn.Module) -> bool:
-    """Whether `model` carries LoRA adapters."""
-    return any(isinstance(m, LoraLayer) for m in model.modules())
-
-
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapter weights with peft's adapter name stripped (the layout diffusers' LoRA loaders read)."""
     return get_peft_model_state_dict(model, adapter_name="default")

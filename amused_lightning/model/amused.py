@@ -14,7 +14,7 @@ from torch import nn
 from transformers import CLIPTextModelWithProjection
 
 from amused_lightning.errors import SettingError
-from amused_lightning.model.adapters import has_lora, load_lora_file, plain_state_dict
+from amused_lightning.model.adapters import load_lora_file, plain_state_dict
 from amused_lightning.model.components import Components, components_identity, load_components
 from amused_lightning.model.decoding import GenerationSettings, decode_image_tokens, generate_tokens, to_pil
 from amused_lightning.model.encoding import (
@@ -112,10 +112,6 @@ class AmusedModel(nn.Module):
     @property
     def text_encoder_trains(self) -> bool:
         return any(p.requires_grad for p in self.text_encoder.parameters())
-
-    @property
-    def has_lora(self) -> bool:
-        return has_lora(self.transformer) or has_lora(self.text_encoder)
 
     @property
     def pixels_per_token(self) -> int:

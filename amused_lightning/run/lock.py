@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TextIO
 
 from amused_lightning.errors import FolderInUseError
+from amused_lightning.run.folder import RunFolder
 
-LOCK_NAME = "run.lock"
 # Set in the other processes of a multi-process run (Lightning's launcher, torchrun, SLURM): only rank 0 locks.
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 
@@ -43,7 +43,7 @@ def lock_run_folder(root: str | Path) -> RunLock:
     """Hold `root` for this process, or fail at once naming the process that holds it."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    handle = open(root / LOCK_NAME, "a+")  # held open for the whole run: the flock lives with it
+    handle = open(RunFolder(root).lock, "a+")  # held open for the whole run: the flock lives with it
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
