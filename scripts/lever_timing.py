@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from amused_lightning.model.components import load_frozen_encoders
+from amused_lightning.model.components import load_components
 from amused_lightning.model.decoding import decode_image_tokens
 
 TRANSFORMER_PARAMS = 603_537_664
@@ -33,7 +33,7 @@ def best_seconds(run, repeats: int) -> float:
 
 def decode_timing(images: int, resolution: int, repeats: int) -> tuple[float, float]:
     """Seconds to decode `images` token grids batched, and one at a time."""
-    vqvae, _ = load_frozen_encoders("amused-256-arch")
+    vqvae = load_components("amused-256-arch").vqvae
     tokens = torch.randint(0, 8192, (images, resolution // 16, resolution // 16))
     return (best_seconds(lambda: decode_image_tokens(vqvae, tokens), repeats),
             best_seconds(lambda: decode_image_tokens(vqvae, tokens, 1), repeats))
