@@ -1,0 +1,32 @@
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from amused_lightning.callbacks.checkpoint_lora import lora_path
+from amused_lightning.commands.generate import main as generate_main
+
+from helpers import fit
+
+
+def test_every_checkpoint_has_its_lora_file_removed_with_it(tmp_path, toy_dataset):
+    root = tmp_path / "run"
+    fit(root, toy_dataset, "--trainer.max_steps", "4", "--model.lora.r", "4", "--model.optimizer.init_args.lr", "0.05",
+        "--checkpoint.every_n_train_steps", "1", "--checkpoint.save_top_k", "2", "--validation_steps", "100",
+        "--ema.enabled", "true", "--ema.decay", "0.5", "--export.enabled", "false")
+    checkpoints = root / "checkpoints"
+    names = sorted(p.name for p in checkpoints.iterdir())
+    # A checkpoint every step, two kept by the rotation: the LoRA files of the removed ones went with them.
+    assert names == sorted(["step=2.ckpt", "step=2.lora.safetensors", "step=4.ckpt", "step=4.lora.safetensors",
+                            "last.ckpt", "last.lora.safetensors"]), names
+    assert lora_path(checkpoints / "last.ckpt").stat().st_mode & 0o044, "readable as the umask allows"
+    step3, step4 = load_file(checkpoints / "step=2.lora.safetensors"), load_file(checkpoints / "step=4.lora.safetensors")
+    assert step3.keys() == step4.keys() and any(not torch.equal(step3[k], step4[k]) for k in step3)
+    # The file holds what an export of that checkpoint would: the EMA weights on the base, drawn alike.
+    common = ["a pixel art character", "--steps", "2", "--resolution", "32"]
+    from_lora = generate_main([*common, "-o", str(tmp_path / "a"), "--pretrained", "tiny", "--lora",
+                               str(checkpoints / "step=2.lora.safetensors")])
+    from_checkpoint = generate_main([*common, "-o", str(tmp_path / "b"), "--checkpoint",
+                                     str(checkpoints / "step=2.ckpt")])
+    difference = np.asarray(Image.open(from_lora[0])).astype(int) - np.asarray(Image.open(from_checkpoint[0]))
+    assert np.abs(difference).max() <= 1
