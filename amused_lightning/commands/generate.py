@@ -89,7 +89,8 @@ def sampling_line(sampling: ValidationSampling, size: tuple[int, int], origin: s
                                                          "height") if getattr(args, name) is not None]
     where = origin or "built-in defaults (the model records no validation settings)"
     return (f"sampling: {settings.num_inference_steps} steps, guidance {settings.guidance_scale:g}, temperature "
-            f"{settings.temperature[0]:g} to {settings.temperature[1]:g}, aesthetic score {settings.aesthetic_score:g}, "
+            f"{settings.temperature[0]:g} to {settings.temperature[1]:g}, "
+            f"aesthetic score {settings.aesthetic_score:g}, "
             f"seed {sampling.seed} (+1 per image of a prompt), {size[0]}x{size[1]} px; from {where}"
             + (f", {' '.join(given)} from the command line" if given else ""))
 
@@ -149,7 +150,8 @@ def command_parser() -> CommandParser:
                         help="for --checkpoint: EMA or raw weights (default: ema when the run kept one)")
     parser.add_argument("--steps", type=int, default=None, help=f"decoding steps ({model} {BUILT_IN['steps']})")
     parser.add_argument("--guidance-scale", type=float, default=None,
-                        help=f"classifier-free guidance; 1 or less turns it off ({model} {BUILT_IN['guidance_scale']:g})")
+                        help="classifier-free guidance; 1 or less turns it off "
+                        f"({model} {BUILT_IN['guidance_scale']:g})")
     parser.add_argument("--negative-prompt", default="",
                         help="what guidance steers away from (default: the empty prompt)")
     parser.add_argument("--seed", type=int, default=None,
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                 start=start_for(start_image, start_mask, args.strength, len(batch)),
                                 negative_prompt=args.negative_prompt)
         for image, (prompt, seed) in zip(images, batch):
-            path, taken = save_new(image, output, number, seed, prompt, image_metadata(args, prompt, seed, sampling, size))
+            metadata = image_metadata(args, prompt, seed, sampling, size)
+            path, taken = save_new(image, output, number, seed, prompt, metadata)
             paths.append(path)
             number = taken + 1
     for path in paths:

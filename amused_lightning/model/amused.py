@@ -88,7 +88,8 @@ class AmusedModel(nn.Module):
         Returns what it wrote."""
         finetuning = self.spec.finetuning
         # A merged pipeline already holds the adapters: a LoRA file beside it would be applied twice.
-        written = [] if merge_lora or not finetuning.adapters else [finetuning.save_adapters(self.parts, folder / LORA_WEIGHT_NAME)]
+        adapters = not merge_lora and finetuning.adapters
+        written = [finetuning.save_adapters(self.parts, folder / LORA_WEIGHT_NAME)] if adapters else []
         with without_transformers_bars():
             clean_copy(UVit2DModel, self.transformer, merge_lora).save_pretrained(folder / "transformer")
             clean_copy(CLIPTextModelWithProjection, self.text_encoder, merge_lora).save_pretrained(

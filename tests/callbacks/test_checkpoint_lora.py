@@ -5,6 +5,7 @@ from safetensors.torch import load_file
 
 from amused_lightning.callbacks.checkpoint_lora import lora_path
 from amused_lightning.commands.generate import main as generate_main
+from amused_lightning.permissions import current_umask
 
 from helpers import fit
 
@@ -19,9 +20,9 @@ def test_every_checkpoint_has_its_lora_file_removed_with_it(tmp_path, toy_datase
     # A checkpoint every step, two kept by the rotation: the LoRA files of the removed ones went with them.
     assert names == sorted(["step=2.ckpt", "step=2.lora.safetensors", "step=4.ckpt", "step=4.lora.safetensors",
                             "last.ckpt", "last.lora.safetensors"]), names
-    assert lora_path(checkpoints / "last.ckpt").stat().st_mode & 0o044, "readable as the umask allows"
-    step3, step4 = load_file(checkpoints / "step=2.lora.safetensors"), load_file(checkpoints / "step=4.lora.safetensors")
-    assert step3.keys() == step4.keys() and any(not torch.equal(step3[k], step4[k]) for k in step3)
+    assert lora_path(checkpoints / "last.ckpt").stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    step2, step4 = (load_file(checkpoints / f"step={step}.lora.safetensors") for step in (2, 4))
+    assert step2.keys() == step4.keys() and any(not torch.equal(step2[k], step4[k]) for k in step2)
     # The file holds what an export of that checkpoint would: the EMA weights on the base, drawn alike.
     common = ["a pixel art character", "--steps", "2", "--resolution", "32"]
     from_lora = generate_main([*common, "-o", str(tmp_path / "a"), "--pretrained", "tiny", "--lora",
