@@ -59,8 +59,8 @@ def display_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
 
 
 class AmusedCLI(LightningCLI):
-    """LightningCLI whose checkpoints keep the newest K by step, plus `last`, in <default_root_dir>/checkpoints;
-    one `fit` at a time per run folder."""
+    """LightningCLI whose checkpoints keep the newest K by step, plus `last`, in <default_root_dir>/checkpoints (each
+    with its LoRA file in a LoRA run); one `fit` at a time per run folder."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.run_lock: RunLock | None = None

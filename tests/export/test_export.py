@@ -150,7 +150,7 @@ def test_the_cards_code_run_verbatim_draws_its_samples(lora_run, tmp_path, monke
     exec(code, {})
     drawn, samples = np.asarray(Image.open(tmp_path / SAMPLES_NAME)), np.asarray(Image.open(export / SAMPLES_NAME))
     assert drawn.shape == samples.shape
-    assert (np.abs(drawn.astype(int) - samples.astype(int)) > 1).mean() < 0.01
+    assert np.abs(drawn.astype(int) - samples.astype(int)).max() <= 1
 
 
 def test_an_unmerged_export_on_a_nameable_base_holds_only_the_adapters(lora_run, tmp_path):
