@@ -11,3 +11,6 @@ SAMPLING_NAME = "sampling.json"
 
 BASE_NAME = "base_model.json"
 """The base model an adapters-only export is loaded onto (pretrained, revision, variant)."""
+
+CHECKPOINT_LORA_SUFFIX = ".lora.safetensors"
+"""The LoRA file beside a checkpoint of a LoRA run: step=200.ckpt -> step=200.lora.safetensors."""

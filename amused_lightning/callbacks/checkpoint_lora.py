@@ -10,15 +10,14 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from amused_lightning.callbacks.ema import find_ema
+from amused_lightning.formats import CHECKPOINT_LORA_SUFFIX
 from amused_lightning.permissions import honour_umask
-
-LORA_SUFFIX = ".lora.safetensors"
 
 
 def lora_path(checkpoint: str | Path) -> Path:
     """The LoRA file beside a checkpoint: runs/x/checkpoints/step=200.ckpt -> step=200.lora.safetensors."""
     checkpoint = Path(checkpoint)
-    return checkpoint.with_name(checkpoint.stem + LORA_SUFFIX)
+    return checkpoint.with_name(checkpoint.stem + CHECKPOINT_LORA_SUFFIX)
 
 
 class LoraCheckpoint(ModelCheckpoint):

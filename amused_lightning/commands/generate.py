@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from amused_lightning.commands.config_file import CommandParser, add_config_argument, parse_with_config
 from amused_lightning.commands.generate_files import default_output, next_number, save_new
 from amused_lightning.errors import SettingError
-from amused_lightning.formats import BASE_NAME, LORA_WEIGHT_NAME, WEIGHT_CHOICES
+from amused_lightning.formats import BASE_NAME, CHECKPOINT_LORA_SUFFIX, LORA_WEIGHT_NAME, WEIGHT_CHOICES
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -57,12 +57,24 @@ def load_model(args: argparse.Namespace, run: RunCheckpoint | None) -> AmusedMod
     return AmusedModel.from_pretrained(args.pipeline or args.pretrained, lora_file(args))
 
 
-def model_sampling(args: argparse.Namespace, run: RunCheckpoint | None) -> tuple[ValidationSampling | None, str]:
-    """The validation settings the model came with (a checkpoint's, or an export's sampling.json), and where."""
-    from amused_lightning.model.sampling import ValidationSampling
+def lora_checkpoint(lora: str | None) -> Path | None:
+    """The checkpoint a LoRA file was written beside (step=200.lora.safetensors -> step=200.ckpt), if it is there."""
+    if not lora or not lora.endswith(CHECKPOINT_LORA_SUFFIX):
+        return None
+    checkpoint = Path(lora[:-len(CHECKPOINT_LORA_SUFFIX)] + ".ckpt")
+    return checkpoint if checkpoint.is_file() else None
 
-    if run is not None:
-        return ValidationSampling.of_hparams(run.hparams), f"the validation settings in {args.checkpoint}"
+
+def model_sampling(args: argparse.Namespace, run: RunCheckpoint | None) -> tuple[ValidationSampling | None, str]:
+    """The validation settings the model came with (a checkpoint's, that beside a --lora file, or an export's
+    sampling.json), and where."""
+    from amused_lightning.model.sampling import ValidationSampling
+    from amused_lightning.run.checkpoint import RunCheckpoint
+
+    checkpoint = args.checkpoint or lora_checkpoint(args.lora)
+    if checkpoint:
+        hparams = (run or RunCheckpoint.read(checkpoint)).hparams
+        return ValidationSampling.of_hparams(hparams), f"the validation settings in {checkpoint}"
     folder = args.pipeline or (args.lora if args.lora and Path(args.lora).is_dir() else None)
     found = ValidationSampling.read(folder) if folder else None
     return found, f"the validation settings in {folder}" if found else ""

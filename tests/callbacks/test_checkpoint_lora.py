@@ -31,3 +31,14 @@ def test_every_checkpoint_has_its_lora_file_removed_with_it(tmp_path, toy_datase
                                      str(checkpoints / "step=2.ckpt")])
     difference = np.asarray(Image.open(from_lora[0])).astype(int) - np.asarray(Image.open(from_checkpoint[0]))
     assert np.abs(difference).max() <= 1
+
+
+def test_generate_from_a_checkpoints_lora_file_uses_that_runs_validation_settings(tmp_path, toy_dataset, capsys):
+    root = tmp_path / "run"
+    fit(root, toy_dataset, "--trainer.max_steps", "1", "--model.lora.r", "4", "--validation_steps", "100",
+        "--model.validation.generation.guidance_scale", "2.5", "--export.enabled", "false")
+    lora = root / "checkpoints" / "last.lora.safetensors"
+    capsys.readouterr()
+    generate_main(["a cat", "-o", str(tmp_path / "a"), "--pretrained", "tiny", "--lora", str(lora), "--steps", "2"])
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "guidance 2.5" in line and str(root / "checkpoints" / "last.ckpt") in line
