@@ -175,7 +175,7 @@ def command_parser() -> CommandParser:
     parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: --resolution)")
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt (default: 1)")
     parser.add_argument("--batch-size", type=int, default=4,
-                        help="images sampled together (default: 4); the images do not depend on it")
+                        help="images sampled together (default: 4); each image keeps its own seed")
     parser.add_argument("--image", type=Path, help="start image (image-to-image), stretched to the resolution "
                         "(default: none, draw from the prompt alone)")
     parser.add_argument("--mask", type=Path, help="with --image: repaint where the mask is white, keep the rest "
