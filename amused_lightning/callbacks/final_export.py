@@ -23,7 +23,8 @@ class FinalExport(L.Callback):
     the run folder is kept unless `overwrite`."""
 
     def __init__(self, enabled: bool = True, weights: str = "auto", merge_lora: bool = False,
-                 overwrite: bool = False, push_to_hub: str | None = None, hub_private: bool = True):
+                 overwrite: bool = False, push_to_hub: str | None = None, hub_private: bool = True,
+                 with_base: bool = False):
         """
         Args:
             enabled: Write the export when fit ends.
@@ -33,6 +34,8 @@ class FinalExport(L.Callback):
             push_to_hub: Hub repo id (`owner/name`) to upload the export to, in one commit; the token comes from
                 HF_TOKEN or the cached login, checked before training starts.
             hub_private: Create the repo private (an existing repo keeps its visibility).
+            with_base: Unmerged LoRA on a Hub or local base: copy the whole base pipeline beside the LoRA file (by
+                default the export holds the LoRA file and base_model.json naming the base).
         """
         if weights not in WEIGHT_CHOICES:
             raise SettingError(f"export.weights={weights!r} must be one of {list(WEIGHT_CHOICES)}")
@@ -42,7 +45,7 @@ class FinalExport(L.Callback):
         if push_to_hub is not None:
             check_repo_id(push_to_hub, "export.push_to_hub")
         self.enabled, self.weights, self.merge_lora, self.overwrite = enabled, weights, merge_lora, overwrite
-        self.push_to_hub, self.hub_private = push_to_hub, hub_private
+        self.push_to_hub, self.hub_private, self.with_base = push_to_hub, hub_private, with_base
         self._token: str | None = None
 
     def _kept(self, trainer: L.Trainer) -> bool:
@@ -89,7 +92,8 @@ class FinalExport(L.Callback):
             return
         folder = RunFolder(trainer.default_root_dir)
         written, weights = export_run(run, folder.export, self.weights, self.merge_lora, True,
-                                      self.push_to_hub or str(folder.export), folder.newest_validation(run.step))
+                                      self.push_to_hub or str(folder.export), folder.newest_validation(run.step),
+                                      self.with_base)
         files = [path.name for path in written if path != folder.export]
         log.info("exported %s weights to %s (the pipeline, %s)", weights, folder.export, ", ".join(files))
         # After the export is complete: a failed push leaves it whole, and says how to upload it by hand.

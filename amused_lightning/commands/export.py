@@ -24,6 +24,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="EMA or raw trained weights (default: ema when the run kept one)")
     parser.add_argument("--merge-lora", action="store_true",
                         help="fold LoRA adapters into the pipeline weights (then no separate LoRA file is written)")
+    parser.add_argument("--with-base", action="store_true",
+                        help="unmerged LoRA on a Hub or local base: copy the whole base pipeline beside the LoRA file "
+                        "(by default the export holds the LoRA file and base_model.json naming the base)")
     parser.add_argument("--overwrite", action="store_true", help="replace an export already in the folder")
     hub = parser.add_argument_group("Hugging Face Hub")
     hub.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     token = check_push(args.push_to_hub, args.hub_token, "--push-to-hub") if args.push_to_hub else None
     samples = RunFolder.of_checkpoint(args.checkpoint).newest_validation(run.step)
     written, _ = export_run(run, args.output, args.weights, args.merge_lora, args.overwrite,
-                            args.push_to_hub or str(args.output), samples)
+                            args.push_to_hub or str(args.output), samples, args.with_base)
     for path in written:
         print(f"wrote {path}")
     if args.push_to_hub:

@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary, ProgressBar
+from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from amused_lightning.callbacks.checkpoint_lora import LoraCheckpoint
 from amused_lightning.callbacks.ema import EMA
 from amused_lightning.callbacks.final_export import FinalExport
 from amused_lightning.callbacks.guard import NonFiniteGuard
@@ -58,8 +59,8 @@ def display_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
 
 
 class AmusedCLI(LightningCLI):
-    """LightningCLI whose checkpoints keep the newest K by step, plus `last`, in <default_root_dir>/checkpoints;
-    one `fit` at a time per run folder."""
+    """LightningCLI whose checkpoints keep the newest K by step, plus `last`, in <default_root_dir>/checkpoints (each
+    with its LoRA file in a LoRA run); one `fit` at a time per run folder."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.run_lock: RunLock | None = None
@@ -75,7 +76,7 @@ class AmusedCLI(LightningCLI):
         return {name: keys for name, keys in LightningCLI.subcommands().items() if name in ("fit", "validate")}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LoraCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FinalExport, "export")
         parser.add_lightning_class_args(EMA, "ema")
         parser.add_lightning_class_args(FrozenPlacement, "placement")

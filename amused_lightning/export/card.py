@@ -15,6 +15,7 @@ import yaml
 from amused_lightning.formats import LORA_WEIGHT_NAME
 from amused_lightning.model.components import EMBEDDED
 from amused_lightning.model.presets import PRESETS
+from amused_lightning.model.sampling import ValidationSampling
 from amused_lightning.model.spec import ModelSpec
 from amused_lightning.run.checkpoint import RunCheckpoint
 from amused_lightning.run.folder import ValidationGrid
@@ -37,15 +38,19 @@ class CardFacts:
     weights: str
     merged: bool
     where: str
+    sampling: ValidationSampling
     samples: ValidationGrid | None = None
+    with_base: bool = True
+    """Whether the export holds the base pipeline (else it names the base, which loads by that name)."""
 
     @classmethod
-    def of(cls, run: RunCheckpoint, weights: str, merged: bool, where: str,
-           samples: ValidationGrid | None = None) -> CardFacts:
+    def of(cls, run: RunCheckpoint, weights: str, merged: bool, where: str, samples: ValidationGrid | None = None,
+           sampling: ValidationSampling | None = None, with_base: bool = True) -> CardFacts:
         """The facts of a run checkpoint and the choices of its export (older checkpoints lack the run record: those
         facts are unknown)."""
         return cls(ModelSpec.from_hparams(run.hparams), dict(run.hparams), dict(run.data), dict(run.run),
-                   run.optimizer, run.step, weights, merged, where, samples)
+                   run.optimizer, run.step, weights, merged, where,
+                   sampling or ValidationSampling.of_hparams(run.hparams), samples, with_base)
 
     @property
     def lora_file(self) -> bool:
@@ -132,7 +137,9 @@ def weights_text(facts: CardFacts) -> str:
         return which
     if facts.merged:
         return f"{which}, adapters merged into the pipeline weights"
-    return f"{which}, adapters in `{LORA_WEIGHT_NAME}` beside the base pipeline"
+    if facts.with_base:
+        return f"{which}, adapters in `{LORA_WEIGHT_NAME}` beside the base pipeline"
+    return f"{which}, adapters in `{LORA_WEIGHT_NAME}` for the base `{facts.spec.pretrained}` (not copied here)"
 
 
 def optimizer_text(facts: CardFacts) -> str:
@@ -174,30 +181,58 @@ def samples_text(facts: CardFacts) -> str:
     if facts.samples is None:
         return "No validation images were drawn before these weights (set `model.validation.prompts`)."
     step, prompts = facts.samples.step, facts.samples.prompts
-    generation = settings_group(settings_group(facts.hparams, "validation"), "generation")
-    settings = ", ".join(f"{key} {value}" for key, value in generation.items())
+    settings = ", ".join(f"{key} {value}" for key, value in facts.sampling.pipeline_arguments().items())
     listed = "\n".join(f"{i + 1}. {prompt}" for i, prompt in enumerate(prompts))
     return (f"![validation images at step {step}]({SAMPLES_NAME})\n\nValidation images at optimizer step {step} "
-            f"(seed {facts.hparams.get('seed')}; {settings}), left to right, top to bottom:\n\n{listed}")
+            f"(seed {facts.sampling.seed}; {settings}), left to right, top to bottom; the code under Use draws "
+            f"them again:\n\n{listed}")
+
+
+def base_loading(facts: CardFacts) -> str:
+    """The `from_pretrained` line: the export itself, or the base it names (at its revision and variant)."""
+    if facts.with_base:
+        return f'pipe = AmusedPipeline.from_pretrained("{facts.where}")'
+    spec = facts.spec
+    extra = "".join(f', {name}="{value}"' for name, value in (("revision", spec.revision), ("variant", spec.variant))
+                    if value)
+    return f'pipe = AmusedPipeline.from_pretrained("{spec.pretrained}"{extra})  # the base model'
+
+
+def drawing_code(facts: CardFacts) -> list[str]:
+    """Lines that draw with the validation's seed and settings: the grid of samples.png when there is one."""
+    sampling = facts.sampling
+    settings = ", ".join(f"{key}={value!r}" for key, value in sampling.pipeline_arguments().items())
+    seed = f"generator=torch.Generator().manual_seed({sampling.seed})"
+    if facts.samples is None:
+        prompt = (settings_group(facts.hparams, "validation").get("prompts") or ["a photo"])[0]
+        return [f"image = pipe({prompt!r}, {settings}, {seed}).images[0]", 'image.save("image.png")']
+    count, columns = len(facts.samples.prompts), min(4, len(facts.samples.prompts))
+    return [f"prompts = {facts.samples.prompts!r}",
+            f"images = pipe(prompts, {settings}, {seed}).images",
+            f"width, height, columns = images[0].width, images[0].height, {columns}",
+            f"grid = Image.new(\"RGB\", (columns * width, {-(-count // columns)} * height))",
+            "for i, image in enumerate(images):",
+            "    grid.paste(image, (i % columns * width, i // columns * height))",
+            f'grid.save("{SAMPLES_NAME}")']
 
 
 def usage_code(facts: CardFacts) -> str:
-    """Python that loads the export with diffusers (adapters included) and draws an image."""
-    where, prompts = facts.where, settings_group(facts.hparams, "validation").get("prompts") or ["a photo"]
-    imports, loading = facts.spec.finetuning.loading_code(where) if facts.lora_file else ([], [])
-    lines = ["import torch", *imports, "from diffusers import AmusedPipeline", "",
-             f'pipe = AmusedPipeline.from_pretrained("{where}")', *loading]
-    lines += [f"image = pipe({prompts[0]!r}, generator=torch.Generator().manual_seed(0)).images[0]",
-              'image.save("image.png")']
-    return "\n".join(lines)
+    """Python that loads the export with diffusers (adapters included) and draws as the run's validation did."""
+    imports, loading = facts.spec.finetuning.loading_code(facts.where) if facts.lora_file else ([], [])
+    pil = ["from PIL import Image"] if facts.samples is not None else []
+    lines = ["import torch", *imports, "from diffusers import AmusedPipeline", *pil, "", base_loading(facts),
+             *loading]
+    return "\n".join([*lines, *drawing_code(facts)])
 
 
 def render_card(facts: CardFacts) -> str:
     """The whole card: front matter, then markdown."""
     meta = yaml.safe_dump(metadata(facts), sort_keys=False, allow_unicode=True)
     base = f"`{facts.spec.pretrained}` (aMUSEd)"
-    what = (f"LoRA adapters for {base}, with the base pipeline" if facts.lora_file
-            else f"A finetuned {base} pipeline")
+    what = f"A finetuned {base} pipeline"
+    if facts.lora_file:
+        what = (f"LoRA adapters for {base}, with the base pipeline" if facts.with_base else
+                f"LoRA adapters for {base} (the base is not copied here: the code under Use loads it by name)")
     title = facts.where.rstrip("/").rsplit("/", 1)[-1]
     sections = {"Training": training_table(facts), "Samples": samples_text(facts),
                 "Use": f"```python\n{usage_code(facts)}\n```\n\nOr with amused_lightning: `python -m amused_lightning "

@@ -14,9 +14,11 @@ from torch import nn
 from transformers import CLIPTextModelWithProjection
 
 from amused_lightning.errors import SettingError
+from amused_lightning.formats import LORA_WEIGHT_NAME
 from amused_lightning.model.adapters import load_lora_file, plain_state_dict
 from amused_lightning.model.components import Components, components_identity, load_components
 from amused_lightning.model.decoding import GenerationSettings, decode_image_tokens, generate_tokens, to_pil
+from amused_lightning.model.draws import Generators, seeded_generators
 from amused_lightning.model.encoding import (
     FrozenEncoders,
     encode_prompts,
@@ -71,12 +73,14 @@ class AmusedModel(nn.Module):
         return model.for_inference()
 
     @classmethod
-    def from_pretrained(cls, pretrained: str, lora_file: str | Path | None = None) -> AmusedModel:
-        """A pipeline folder, hub id or preset, with a diffusers-layout LoRA file applied if given; for inference."""
-        parts = load_components(pretrained)
+    def from_pretrained(cls, pretrained: str, lora_file: str | Path | None = None, revision: str | None = None,
+                        variant: str | None = None) -> AmusedModel:
+        """A pipeline folder, hub id or preset (at `revision`, `variant`), with a diffusers-layout LoRA file applied if
+        given; for inference."""
+        parts = load_components(pretrained, revision, variant)
         if lora_file is not None:
             load_lora_file(Path(lora_file), {"transformer": parts.transformer, "text_encoder": parts.text_encoder})
-        return cls(parts, ModelSpec(pretrained)).for_inference()
+        return cls(parts, ModelSpec(pretrained, revision, variant)).for_inference()
 
     def save_pretrained(self, folder: Path, merge_lora: bool = False) -> list[Path]:
         """A folder `AmusedPipeline.from_pretrained` loads (every part a clean copy: no adapters, no training
@@ -84,7 +88,8 @@ class AmusedModel(nn.Module):
         Returns what it wrote."""
         finetuning = self.spec.finetuning
         # A merged pipeline already holds the adapters: a LoRA file beside it would be applied twice.
-        written = [] if merge_lora or not finetuning.adapters else [finetuning.save_adapters(self.parts, folder)]
+        adapters = not merge_lora and finetuning.adapters
+        written = [finetuning.save_adapters(self.parts, folder / LORA_WEIGHT_NAME)] if adapters else []
         with without_transformers_bars():
             clean_copy(UVit2DModel, self.transformer, merge_lora).save_pretrained(folder / "transformer")
             clean_copy(CLIPTextModelWithProjection, self.text_encoder, merge_lora).save_pretrained(
@@ -157,10 +162,12 @@ class AmusedModel(nn.Module):
                 part.load_state_dict(weights, strict=False)
 
     @torch.no_grad()
-    def generate_pixels(self, prompts: list[str], settings: GenerationSettings | None = None, seed: int = 0,
-                        resolution: Resolution | None = None, start: StartImages | None = None,
-                        decode_chunk_size: int | None = None) -> torch.Tensor:
-        """(B, 3, H, W) pixels for `prompts`, sampled as AmusedPipeline does with a generator seeded by `seed`, at
+    def generate_pixels(self, prompts: list[str], settings: GenerationSettings | None = None,
+                        seed: int | list[int] = 0, resolution: Resolution | None = None,
+                        start: StartImages | None = None, decode_chunk_size: int | None = None,
+                        negative_prompt: str = "") -> torch.Tensor:
+        """(B, 3, H, W) pixels for `prompts`, sampled as AmusedPipeline does with a generator seeded by `seed` (a list:
+        one seed per image, each image then independent of the others), guided away from `negative_prompt`, at
         `resolution` (default: the model's square); from `start` images as AmusedImg2ImgPipeline
         (AmusedInpaintPipeline with masks) does; decoded `decode_chunk_size` images at a time (all at once by
         default, as AmusedPipeline). The text encoder and the VQ parts are on the transformer's device only while
@@ -171,9 +178,10 @@ class AmusedModel(nn.Module):
         width, height = (resolution, resolution) if isinstance(resolution, int) else resolution
         with on_device([self.text_encoder], device):
             hidden, pooled = encode_prompts(self.text_encoder, tokenize_prompts(self.tokenizer, prompts).to(device))
-            # One empty prompt per prompt, as AmusedPipeline encodes them: batch composition can move the last bits.
-            empty = encode_prompts(self.text_encoder, tokenize_prompts(self.tokenizer, [""] * len(prompts)).to(device))
-        generator = torch.Generator(device=device).manual_seed(seed)
+            # One negative prompt per prompt, as AmusedPipeline encodes them: batch composition can move the last bits.
+            negative = tokenize_prompts(self.tokenizer, [negative_prompt] * len(prompts)).to(device)
+            empty = encode_prompts(self.text_encoder, negative)
+        generator = seeded_generators(seed, device)
         begin = self._decoding_start(start, len(prompts), (width, height), settings, generator, device)
         factor = self.pixels_per_token
         tokens = generate_tokens(self.transformer, hidden, pooled, *empty, (height // factor, width // factor),
@@ -182,7 +190,7 @@ class AmusedModel(nn.Module):
             return decode_image_tokens(self.vqvae, tokens, decode_chunk_size)
 
     def _decoding_start(self, start: StartImages | None, count: int, size: tuple[int, int],
-                        settings: GenerationSettings, generator: torch.Generator, device: torch.device):
+                        settings: GenerationSettings, generator: Generators, device: torch.device):
         """The start images' masked tokens (image-to-image, inpainting), or None to decode from all-masked."""
         if start is None:
             return None
@@ -191,11 +199,12 @@ class AmusedModel(nn.Module):
         with on_device(encoding_parts(self.vqvae), device):
             return decoding_start(self.vqvae, start, size, settings.num_inference_steps, self.mask_id, generator)
 
-    def generate(self, prompts: list[str], settings: GenerationSettings | None = None, seed: int = 0,
+    def generate(self, prompts: list[str], settings: GenerationSettings | None = None, seed: int | list[int] = 0,
                  resolution: Resolution | None = None, start: StartImages | None = None,
-                 decode_chunk_size: int | None = None) -> list[Image.Image]:
+                 decode_chunk_size: int | None = None, negative_prompt: str = "") -> list[Image.Image]:
         """`generate_pixels` as PIL images."""
-        return to_pil(self.generate_pixels(prompts, settings, seed, resolution, start, decode_chunk_size))
+        return to_pil(self.generate_pixels(prompts, settings, seed, resolution, start, decode_chunk_size,
+                                           negative_prompt))
 
 
 def clean_copy(cls, model: nn.Module, merge_lora: bool) -> nn.Module:

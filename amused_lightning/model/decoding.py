@@ -11,6 +11,7 @@ from diffusers import UVit2DModel, VQModel
 from PIL import Image
 
 from amused_lightning.errors import SettingError
+from amused_lightning.model.draws import Generators, per_image
 from amused_lightning.model.start_images import DecodingStart
 
 
@@ -55,22 +56,26 @@ def gumbel(shape_of: torch.Tensor, generator: torch.Generator | None) -> torch.T
     return -torch.log((-torch.log(uniform.clamp(1e-20))).clamp(1e-20))
 
 
+def sample_codes(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, L) codes drawn from (B, L, C) probabilities, on the generator's device."""
+    flat = probs.to(generator.device) if generator is not None else probs
+    flat = (flat.float() if flat.device.type == "cpu" else flat).reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).to(probs.device)[:, 0].view(*probs.shape[:-1])
+
+
 def decode_step(logits: torch.Tensor, tokens: torch.Tensor, step: int, num_steps: int, temperature: float,
-                mask_id: int, generator: torch.Generator | None,
+                mask_id: int, generator: Generators,
                 repaint_share: torch.Tensor | None = None) -> torch.Tensor:
     """Sample every masked token from (B, L, C) logits, then re-mask the least confident ones for the next step."""
     masked = tokens == mask_id
     probs = logits.softmax(dim=-1)
-    flat = probs.to(generator.device) if generator is not None else probs
-    flat = (flat.float() if flat.device.type == "cpu" else flat).reshape(-1, probs.shape[-1])
-    sampled = torch.multinomial(flat, 1, generator=generator).to(probs.device)[:, 0].view(*probs.shape[:-1])
-    sampled = torch.where(masked, sampled, tokens)
+    sampled = torch.where(masked, per_image(sample_codes, probs, generator), tokens)
     if step == num_steps - 1:
         return sampled
     count = remasked_count(step, num_steps, tokens.shape[1], masked.sum(dim=-1, keepdim=True), repaint_share)
     confidence = torch.gather(probs, -1, sampled[:, :, None])[:, :, 0]
     confidence = torch.where(masked, confidence, torch.finfo(confidence.dtype).max)
-    noisy = torch.log(confidence.clamp(1e-20)) + temperature * gumbel(confidence, generator)
+    noisy = torch.log(confidence.clamp(1e-20)) + temperature * per_image(gumbel, confidence, generator)
     cut_off = torch.gather(torch.sort(noisy, dim=-1).values, 1, count.long())
     return torch.where(noisy < cut_off, mask_id, sampled)
 
@@ -79,7 +84,7 @@ def decode_step(logits: torch.Tensor, tokens: torch.Tensor, step: int, num_steps
 def generate_tokens(transformer: UVit2DModel, hidden: torch.Tensor, pooled: torch.Tensor,
                     empty_hidden: torch.Tensor, empty_pooled: torch.Tensor, grid: tuple[int, int],
                     image_size: tuple[int, int], settings: GenerationSettings, mask_id: int,
-                    generator: torch.Generator | None, start: DecodingStart | None = None) -> torch.Tensor:
+                    generator: Generators, start: DecodingStart | None = None) -> torch.Tensor:
     """(B, h, w) image tokens for prompt embeddings (B, 77, D) / (B, P), decoded from all-masked, or from `start`;
     `image_size` is the (width, height) in pixels the micro-conditioning names, as AmusedPipeline's."""
     batch, guided = hidden.shape[0], settings.guidance_scale > 1.0

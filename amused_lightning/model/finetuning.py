@@ -163,16 +163,15 @@ class Finetuning:
                                "a text-encoder DoRA adapter from a LoRA file (it drops the magnitude vectors); export "
                                "with --merge-lora (export.merge_lora: true), which folds it into the pipeline weights")
 
-    def save_adapters(self, parts: Components, folder: Path) -> Path:
-        """The LoRA file: adapters under `transformer.`/`text_encoder.`, their LoraConfig in the metadata (alpha
-        included), as diffusers' `load_lora_weights` reads it."""
+    def save_adapters(self, parts: Components, path: Path) -> Path:
+        """The LoRA file at `path`: adapters under `transformer.`/`text_encoder.`, their LoraConfig in the metadata
+        (alpha included), as diffusers' `load_lora_weights` reads it."""
         tensors, metadata = {}, {}
         for prefix, model in (("transformer", parts.transformer), ("text_encoder", parts.text_encoder)):
             if getattr(self, prefix).adapter is not None:
                 tensors.update({f"{prefix}.{k}": v.detach().cpu().contiguous()
                                 for k, v in lora_state_dict(model).items()})
                 metadata.update({f"{prefix}.{k}": v for k, v in lora_metadata(model).items()})
-        path = folder / LORA_WEIGHT_NAME
         save_file(tensors, str(path), metadata={"format": "pt", "lora_adapter_metadata": json.dumps(metadata)})
         return path
 

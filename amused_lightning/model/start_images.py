@@ -13,6 +13,7 @@ from diffusers import VQModel
 from PIL import Image
 
 from amused_lightning.errors import MissingPathError, SettingError
+from amused_lightning.model.draws import Generators, per_image
 from amused_lightning.model.encoding import encode_image_tokens, pixels_per_token
 
 IMG2IMG_STRENGTH = 0.5
@@ -107,7 +108,7 @@ def repaint_mask(masks: list[Image.Image], grid: tuple[int, int]) -> torch.Tenso
 
 
 def noised_tokens(tokens: torch.Tensor, first: int, num_steps: int, mask_id: int,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: Generators) -> torch.Tensor:
     """img2img's start: each token masked with the probability the cosine schedule leaves masked before step `first`
     (AmusedScheduler.add_noise); at step 0 every token, without a draw, so strength 1 draws from the prompt alone."""
     if first == 0:
@@ -115,13 +116,14 @@ def noised_tokens(tokens: torch.Tensor, first: int, num_steps: int, mask_id: int
         # strength 1 keeps the start image, the opposite of what its documentation promises.
         return torch.full_like(tokens, mask_id)
     ratio = torch.cos(torch.tensor(first) / num_steps * math.pi / 2)
-    draw = torch.rand(tokens.shape, device=generator.device, generator=generator).to(tokens.device)
+    draw = per_image(lambda rows, one: torch.rand(rows.shape, device=one.device, generator=one).to(rows.device),
+                     tokens, generator)
     return tokens.masked_fill(draw < ratio, mask_id)
 
 
 @torch.no_grad()
 def decoding_start(vqvae: VQModel, start: StartImages, size: tuple[int, int], num_steps: int, mask_id: int,
-                   generator: torch.Generator) -> DecodingStart:
+                   generator: Generators) -> DecodingStart:
     """The start images' tokens at `size` (width, height) pixels, masked for img2img or by the masks for
     inpainting."""
     factor = pixels_per_token(vqvae.config)

@@ -123,7 +123,9 @@ def test_validate_prints_scores_and_generate_prints_paths(finished_run, toy_data
     main(["generate", "a cat", "a dog", "--checkpoint", checkpoint, "-o", str(tmp_path / "pics"), "--steps", "1",
           "--resolution", "32"])
     written = sorted((tmp_path / "pics").iterdir())
-    assert capsys.readouterr().out.splitlines() == [f"wrote {path}" for path in written] and len(written) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("sampling: 1 steps, guidance 10, ") and f"settings in {checkpoint}" in lines[0]
+    assert lines[1:] == [f"wrote {path}" for path in written] and len(written) == 2
 
 
 def test_options_that_do_not_apply_are_refused(finished_run, tmp_path, capsys):

@@ -1,17 +1,25 @@
+import json
+import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from diffusers import AmusedPipeline, UVit2DModel
 from huggingface_hub import ModelCard
+from PIL import Image
 
 from amused_lightning.__main__ import main
 from amused_lightning.callbacks.ema import find_ema
 from amused_lightning.commands.export import main as export_main
 from amused_lightning.export.card import CARD_NAME, SAMPLES_NAME
-from amused_lightning.formats import LORA_WEIGHT_NAME
+from amused_lightning.export.pipeline import export_run
+from amused_lightning.formats import BASE_NAME, LORA_WEIGHT_NAME, SAMPLING_NAME
+from amused_lightning.model.amused import AmusedModel
 from amused_lightning.model.components import load_components
+from amused_lightning.model.spec import ModelSpec
+from amused_lightning.run.checkpoint import RunCheckpoint
 
 from helpers import fit, transformer_inputs
 
@@ -124,3 +132,58 @@ def test_export_and_generate_never_build_the_training_module(lora_run, tmp_path,
     paths = generate_main(["a pixel art character", "-o", str(tmp_path / "png"), "--steps", "2", "--checkpoint",
                            str(root / "checkpoints" / "last.ckpt")])
     assert (tmp_path / "export" / "model_index.json").is_file() and paths[0].is_file()
+
+
+def card_code(card_text: str) -> str:
+    """The Python block of a model card's Use section."""
+    return card_text.split("## Use")[1].split("```python\n")[1].split("```")[0]
+
+
+def test_the_cards_code_run_verbatim_draws_its_samples(lora_run, tmp_path, monkeypatch):
+    root, _ = lora_run
+    export = root / "export"
+    code = card_code((export / CARD_NAME).read_text())
+    sampling = json.loads((export / SAMPLING_NAME).read_text())
+    assert sampling["generation"]["num_inference_steps"] == 2 and sampling["seed"] == 0
+    assert "num_inference_steps=2, guidance_scale=10.0, temperature=(2.0, 0.0)" in code
+    monkeypatch.chdir(tmp_path)
+    exec(code, {})
+    drawn, samples = np.asarray(Image.open(tmp_path / SAMPLES_NAME)), np.asarray(Image.open(export / SAMPLES_NAME))
+    assert drawn.shape == samples.shape
+    assert np.abs(drawn.astype(int) - samples.astype(int)).max() <= 1
+
+
+def test_an_unmerged_export_on_a_nameable_base_holds_only_the_adapters(lora_run, tmp_path):
+    from amused_lightning.commands.generate import main as generate_main
+
+    root, _ = lora_run
+    base = tmp_path / "tiny-base"
+    AmusedModel.from_spec(ModelSpec("tiny")).save_pretrained(base)
+    run = RunCheckpoint.read(root / "checkpoints" / "last.ckpt")
+    run.hparams = {**run.hparams, "pretrained": str(base)}
+    export_run(run, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [LORA_WEIGHT_NAME, BASE_NAME, SAMPLING_NAME, CARD_NAME])
+    card = (tmp_path / "out" / CARD_NAME).read_text()
+    assert f'AmusedPipeline.from_pretrained("{base}")  # the base model' in card
+    assert json.loads((tmp_path / "out" / BASE_NAME).read_text())["pretrained"] == str(base)
+    common = ["a pixel art character", "--steps", "2", "--resolution", "32"]
+    from_export = generate_main([*common, "-o", str(tmp_path / "a"), "--pipeline", str(tmp_path / "out")])
+    from_checkpoint = generate_main([*common, "-o", str(tmp_path / "b"), "--checkpoint",
+                                     str(root / "checkpoints" / "last.ckpt")])
+    difference = np.asarray(Image.open(from_export[0])).astype(int) - np.asarray(Image.open(from_checkpoint[0]))
+    assert np.abs(difference).max() <= 1
+    export_run(run, tmp_path / "whole", with_base=True)
+    assert (tmp_path / "whole" / "model_index.json").is_file() and not (tmp_path / "whole" / BASE_NAME).exists()
+
+
+def test_exported_files_follow_the_umask(lora_run, tmp_path):
+    root, _ = lora_run
+    previous = os.umask(0o022)
+    try:
+        export_main([str(root / "checkpoints" / "last.ckpt"), str(tmp_path / "out")])
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
+             for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert set(modes.values()) == {"0o644"}, modes
