@@ -91,7 +91,8 @@ def plain_state_dict(model: nn.Module, merge_lora: bool) -> dict[str, torch.Tens
         for layer in layers:
             layer.merge()
     try:
-        return {key.replace(".base_layer.", "."): value.detach().cpu().clone()
+        # Copies only where merging changes the live weights (they are unmerged below); else views are enough.
+        return {key.replace(".base_layer.", "."): value.detach().cpu().clone() if merge_lora else value.detach().cpu()
                 for key, value in model.state_dict().items() if "lora_" not in key}
     finally:
         for layer in layers if merge_lora else ():

@@ -199,7 +199,10 @@ class AmusedModel(nn.Module):
 
 
 def clean_copy(cls, model: nn.Module, merge_lora: bool) -> nn.Module:
-    """A fresh `cls` from `model`'s config with its (optionally merged) weights: no adapters, no wrappers."""
-    fresh = cls.from_config(model.config) if cls is UVit2DModel else cls(model.config)
-    fresh.load_state_dict(plain_state_dict(model, merge_lora))
+    """A `cls` from `model`'s config holding its (optionally merged) weights, no adapters, no wrappers: for saving.
+    Built on the meta device and handed the weights themselves, so no random initialisation is spent on weights
+    it replaces; non-persistent buffers (CLIP's position ids), which no file holds, stay on the meta device."""
+    with torch.device("meta"):
+        fresh = cls.from_config(model.config) if cls is UVit2DModel else cls(model.config)
+    fresh.load_state_dict(plain_state_dict(model, merge_lora), assign=True)
     return fresh
