@@ -84,6 +84,11 @@ def lora_metadata(model: nn.Module) -> dict:
     return {key: sorted(value) if isinstance(value, set) else value for key, value in config.items()}
 
 
+def has_lora(model: nn.Module) -> bool:
+    """Whether any layer of `model` carries a LoRA adapter."""
+    return any(isinstance(m, LoraLayer) for m in model.modules())
+
+
 def plain_state_dict(model: nn.Module, merge_lora: bool) -> dict[str, torch.Tensor]:
     """Weights without adapter modules: base weights, with the LoRA update folded in when `merge_lora`."""
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
