@@ -48,10 +48,14 @@ class Printer:
         self._last = float("-inf")
         self._drawn = False
 
+    def due(self) -> bool:
+        """Whether the interval has passed since the last line shown."""
+        return time.monotonic() - self._last >= self.interval
+
     def update(self, line: str, force: bool = False) -> None:
         """Show `line` if the interval has passed (or `force`)."""
         now = time.monotonic()
-        if not force and now - self._last < self.interval:
+        if not force and not self.due():
             return
         self._last = now
         if self.live:
@@ -151,11 +155,12 @@ class StepProgress(ProgressBar):
         return self.enabled and self.trainer.is_global_zero
 
     def _line(self, trainer: L.Trainer) -> str:
-        """`step N/M  loss x  r steps/s  t left`."""
-        loss = trainer.progress_bar_metrics.get("train/loss")
+        """`step N/M  loss x  [speed]  r steps/s  t left`; the speed is what callbacks with a `progress_text` say."""
+        loss = trainer.callback_metrics.get("train/loss")  # a device tensor: read only for a line that is shown
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        return progress_line("step", trainer.global_step, total, self.rate.per_second,
-                             f"loss {float(loss):.4f}" if loss is not None else "")
+        extra = [f"loss {float(loss):.4f}"] if loss is not None else []
+        extra += [text for c in trainer.callbacks if hasattr(c, "progress_text") and (text := c.progress_text())]
+        return progress_line("step", trainer.global_step, total, self.rate.per_second, "  ".join(extra))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.is_enabled:
@@ -170,7 +175,8 @@ class StepProgress(ProgressBar):
         self._shown_step = trainer.global_step
         self.rate.add(trainer.global_step)
         first, last = len(self.rate.samples) == 2, trainer.global_step == trainer.max_steps
-        self.printer.update(self._line(trainer), force=first or last)
+        if first or last or self.printer.due():  # the line, and the loss it reads from the device, only when shown
+            self.printer.update(self._line(trainer), force=True)
         if last:
             self.printer.end()  # Lightning's "fit stopped" note comes next: on a line of its own
 

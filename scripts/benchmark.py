@@ -17,19 +17,25 @@ import datetime
 import functools
 import gc
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.flop_counter import FlopCounterMode
 
+from amused_lightning.callbacks.guard import NonFiniteGuard
 from amused_lightning.callbacks.placement import FrozenPlacement
+from amused_lightning.callbacks.throughput import Throughput
 from amused_lightning.callbacks.validation_images import validation_pixels
 from amused_lightning.data.batch import IMAGE_TOKENS, INPUT_IDS, MICRO_CONDS, PIXEL_VALUES, PROMPT_HIDDEN, PROMPT_POOLED
 from amused_lightning.model.adapters import LoraSettings
-from amused_lightning.model.encoding import encode_image_tokens, encode_prompts, pixels_per_token
+from amused_lightning.model.device_peaks import TFLOPS, dtype_key, resolve_peak, tf32_enabled
+from amused_lightning.model.encoding import pixels_per_token
+from amused_lightning.model.flops import text_encode_flops, transformer_training_flops, vq_encode_flops
+from amused_lightning.progress import StepProgress
 from amused_lightning.training.module import AmusedModule
 from amused_lightning.training.offload import OffloadedAdamW, OffloadedAdamW8bit
 from amused_lightning.training.settings import LRScheduleSettings, MemorySettings, ValidationSettings
@@ -51,6 +57,11 @@ class Row:
     checkpointing: bool = True
     lora_alpha: float = 32.0
     precision: str = "16-mixed"
+    compile: bool = False
+    fused: bool = True
+    """AdamW as one fused kernel (on CUDA) rather than foreach."""
+    per_step_work: bool = False
+    """Also the per-step work of our fit: the non-finite guard, throughput, progress and TensorBoard every step."""
 
 
 def seed_rows() -> list[Row]:
@@ -147,29 +158,22 @@ def build_module(row: Row, offload_optimizer: bool = False) -> AmusedModule:
     elif row.mode == "full" and offload_optimizer:
         optimizer = functools.partial(OffloadedAdamW, lr=1e-5)
     else:
-        optimizer = functools.partial(torch.optim.AdamW, lr=1e-5, fused=torch.cuda.is_available())
+        optimizer = functools.partial(torch.optim.AdamW, lr=1e-5, fused=row.fused and torch.cuda.is_available())
     return AmusedModule(pretrained=row.preset, optimizer=optimizer, lora=lora,
-                        memory=MemorySettings(gradient_checkpointing=row.checkpointing),
+                        memory=MemorySettings(gradient_checkpointing=row.checkpointing, compile=row.compile),
                         lr_schedule=LRScheduleSettings(warmup_steps=0),
                         validation=ValidationSettings(["a pixel art character"] * validation_prompt_count(row)))
 
 
 def model_flops_per_sample(module: AmusedModule, row: Row, pre_encoded: bool) -> float:
-    """Forward FLOPs of one sample, times 3 for a fully trained transformer (forward, input and weight gradients),
-    times 2 for a frozen one under LoRA; the frozen encoders' forward when batches are not pre-encoded."""
-    data = SyntheticBatches(module, row.resolution, 1, pre_encoded=False)[0]
-    device = module.device
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        tokens = encode_image_tokens(module.model.vqvae, data[PIXEL_VALUES][None].to(device))
-    encoder_flops = counter.get_total_flops()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        hidden, pooled = encode_prompts(module.model.text_encoder, data[INPUT_IDS][None].to(device))
-    encoder_flops += counter.get_total_flops()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module.model.transformer(tokens, encoder_hidden_states=hidden.float(), pooled_text_emb=pooled.float(),
-                           micro_conds=data[MICRO_CONDS][None].to(device))
-    transformer_flops = counter.get_total_flops() * (2 if row.mode == "lora" else 3)
-    return transformer_flops + (0 if pre_encoded else encoder_flops)
+    """Model FLOPs of one training sample (model/flops.py): the transformer's forward and backward, plus the frozen
+    encoders' forward when batches are not pre-encoded."""
+    model = module.model
+    grid = row.resolution // model.pixels_per_token
+    flops = transformer_training_flops(model.transformer, grid, grid)
+    if not pre_encoded:
+        flops += vq_encode_flops(model.vqvae, row.resolution, row.resolution) + text_encode_flops(model.text_encoder)
+    return flops
 
 
 def validation_prompt_count(row: Row) -> int:
@@ -185,17 +189,6 @@ def validation_peak(module: AmusedModule, trainer: L.Trainer) -> float:
     return torch.cuda.max_memory_reserved() / GB
 
 
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense fp16/bf16
-
-
-def peak_flops() -> float | None:
-    """The accelerator's dense fp16/bf16 peak, if it is one we know."""
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
-
-
 def run_row(row: Row, steps: int, warmup: int, pre_encoded: bool, accelerator: str,
             offload_optimizer: bool = False) -> dict:
     """Train the row for warmup + steps optimizer steps; its peak memory, throughput and MFU."""
@@ -204,10 +197,14 @@ def run_row(row: Row, steps: int, warmup: int, pre_encoded: bool, accelerator: s
     loader = DataLoader(SyntheticBatches(module, row.resolution, samples, pre_encoded), batch_size=row.batch,
                         pin_memory=accelerator == "gpu")  # synthetic batches are cheap: no worker forks
     timer = StepTimer(warmup)
+    work = [NonFiniteGuard(), Throughput(), StepProgress()] if row.per_step_work else []
+    logger = TensorBoardLogger(tempfile.mkdtemp()) if row.per_step_work else False
     trainer = L.Trainer(accelerator=accelerator, devices=1, precision=row.precision if accelerator == "gpu" else "32",
-                        max_steps=warmup + steps, accumulate_grad_batches=row.accumulation, logger=False,
-                        enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[timer, FrozenPlacement()])
+                        max_steps=warmup + steps, accumulate_grad_batches=row.accumulation, logger=logger,
+                        enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=row.per_step_work,
+                        enable_model_summary=False, log_every_n_steps=1,
+                        # the timer last: the clock starts after the others' first-step work
+                        callbacks=[FrozenPlacement(), *work, timer])
     if accelerator == "gpu":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -216,10 +213,9 @@ def run_row(row: Row, steps: int, warmup: int, pre_encoded: bool, accelerator: s
     if accelerator == "gpu":
         result["allocated_gb"], result["reserved_gb"] = timer.peak
         result["validation_gb"] = timer.validation_peak
-        with trainer.precision_plugin.forward_context():
-            flops = model_flops_per_sample(module, row, pre_encoded)
-        peak = peak_flops()
-        result["mfu"] = flops * result["samples_per_s"] / peak if peak else None
+        peak, _ = resolve_peak(None, dtype_key(row.precision, tf32_enabled()), torch.device("cuda"), "peak")
+        flops = model_flops_per_sample(module, row, pre_encoded)
+        result["mfu"] = flops * result["samples_per_s"] / (peak * TFLOPS) if peak else None
     del trainer, module, loader
     gc.collect()  # the trainer and module reference each other: free the model before the next row builds one
     return result

@@ -1,5 +1,7 @@
 """Non-finite values never reach the weights: a NaN or infinite loss or gradient stops the run before the optimizer
-step, and no checkpoint is written with a non-finite weight. Under fp16 the loss scaler's skipped steps are counted."""
+step, and no checkpoint is written with a non-finite weight. Under fp16 the loss scaler's skipped steps are counted.
+With a fused optimizer (which can skip an update on the device) the check costs no host-device synchronisation: the
+update of a non-finite step is skipped where it runs, and the run stops at the next step or checkpoint."""
 
 from __future__ import annotations
 
@@ -15,9 +17,39 @@ ADVICE = ("lower model.optimizer.init_args.lr, set trainer.gradient_clip_val, or
           "the last good checkpoint with --ckpt_path last")
 
 
+def finite_flags(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(N,) bool on the tensors' device, True where a tensor holds no NaN or infinity (no device sync)."""
+    return torch.stack([torch.isfinite(t).all() for t in tensors])
+
+
 def all_finite(tensors: list[torch.Tensor]) -> bool:
     """Whether no tensor holds a NaN or infinity (one device sync for all of them)."""
-    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+    return not tensors or bool(finite_flags(tensors).all())
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer can skip an update on the device when told (`found_inf`: fused Adam, AdamW, SGD),
+    leaving weights, moments and step count as they were."""
+    return getattr(optimizer, "_step_supports_amp_scaling", False) and all(
+        group.get("fused") for group in optimizer.param_groups)
+
+
+class PendingCheck:
+    """A step's finite flags on their way to the host: read only when needed, by then long arrived."""
+
+    def __init__(self, step: int, names: list[str], flags: torch.Tensor):
+        self.step, self.names = step, names
+        self.host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=flags.is_cuda)
+        self.host.copy_(flags, non_blocking=True)
+        self.copied = torch.cuda.Event() if flags.is_cuda else None
+        if self.copied is not None:
+            self.copied.record()
+
+    def first_bad(self) -> str | None:
+        """The name of the first non-finite tensor of that step, if any (waits for that step's copy only)."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        return next((name for name, ok in zip(self.names, self.host.tolist()) if not ok), None)
 
 
 def first_non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
@@ -59,6 +91,7 @@ class NonFiniteGuard(L.Callback):
             raise SettingError(f"guard.max_skipped_in_a_row={max_skipped_in_a_row} must be at least 1")
         self.skips = SkipCounter(max_skipped_in_a_row)
         self._losses: list[torch.Tensor] = []
+        self._pending: PendingCheck | None = None
 
     @staticmethod
     def _scaled(trainer: L.Trainer) -> bool:
@@ -72,9 +105,20 @@ class NonFiniteGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
+        self._resolve(trainer)
         losses, self._losses = self._losses, []
         grads = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
-        finite = all_finite([*losses, *(grad for _, grad in grads)])
+        checked = [*losses, *(grad for _, grad in grads)]
+        if checked and not self._scaled(trainer) and optimizer is not None and skips_on_device(optimizer):
+            # No wait for the device: the optimizer skips the update itself if anything is not finite, and the
+            # flags are read at the next step or checkpoint, when they have long arrived.
+            flags = finite_flags(checked)
+            optimizer.found_inf = (~flags.all()).float()
+            names = [f"the loss of micro-batch {i}" for i in range(len(losses))]
+            names += [f"the gradient of {name}" for name, _ in grads]
+            self._pending = PendingCheck(trainer.global_step + 1, names, flags)
+            return
+        finite = all_finite(checked)
         if self._scaled(trainer):
             if self.skips.record(not finite):
                 self._stop(trainer, trainer.global_step + 1,
@@ -87,7 +131,19 @@ class NonFiniteGuard(L.Callback):
                     else f"the gradient of {first_non_finite(grads)} is not finite")
             self._stop(trainer, trainer.global_step + 1, f"{what}; training stopped before the update")
 
+    def _resolve(self, trainer: L.Trainer) -> None:
+        """Stop if the step whose flags are pending was not finite (its update was skipped on the device)."""
+        pending, self._pending = self._pending, None
+        bad = pending.first_bad() if pending is not None else None
+        if bad is not None:
+            self._stop(trainer, pending.step, f"{bad} is not finite; the optimizer skipped that update and training "
+                                              "stopped")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._resolve(trainer)
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._resolve(trainer)
         # The last line of defence: an update that overflowed leaves finite gradients but infinite weights.
         trained = ((name, p.detach()) for name, p in pl_module.named_parameters() if p.requires_grad)
         name = first_non_finite(trained)

@@ -1,5 +1,5 @@
-"""`fit`: LightningCLI with aMUSEd's checkpointing, EMA, placement, guard, preemption, validation images and export
-callbacks, running the whole of a fit (`training.fit`); `validate` parses as it does."""
+"""`fit`: LightningCLI with aMUSEd's checkpointing, EMA, placement, guard, preemption, validation images, throughput
+and export callbacks, running the whole of a fit (`training.fit`); `validate` parses as it does."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from amused_lightning.callbacks.final_export import FinalExport
 from amused_lightning.callbacks.guard import NonFiniteGuard
 from amused_lightning.callbacks.placement import FrozenPlacement
 from amused_lightning.callbacks.preemption import Preemption
+from amused_lightning.callbacks.throughput import Throughput
 from amused_lightning.callbacks.validation_images import ValidationImages
 from amused_lightning.commands.trainer_checks import check_trainer_settings
 from amused_lightning.data import AmusedDataModule
@@ -82,6 +83,7 @@ class AmusedCLI(LightningCLI):
         parser.add_lightning_class_args(FrozenPlacement, "placement")
         parser.add_lightning_class_args(NonFiniteGuard, "guard")
         parser.add_lightning_class_args(ValidationImages, "image_logging")
+        parser.add_lightning_class_args(Throughput, "throughput")
         parser.add_lightning_class_args(Preemption, "preemption")  # after "checkpoint": see Preemption
         parser.add_argument("--validation_steps", type=int, default=100,
                             help="Optimizer steps between validations (held-out loss and images); also at the end.")

@@ -29,6 +29,8 @@ class Processes:
     precision: str = "32-true"
     max_steps: int | None = None
     """The trainer's `max_steps` (-1: no limit); None without a trainer."""
+    validates: bool = True
+    """Whether anything reads the held-out rows (the trainer's `limit_val_batches` is not 0)."""
 
     @classmethod
     def of(cls, trainer: L.Trainer | None) -> Processes:
@@ -36,7 +38,8 @@ class Processes:
         if trainer is None:
             return cls()
         return cls(trainer.global_rank, trainer.local_rank, trainer.world_size, trainer.strategy.root_device,
-                   trainer.precision_plugin.forward_context, str(trainer.precision), trainer.max_steps)
+                   trainer.precision_plugin.forward_context, str(trainer.precision), trainer.max_steps,
+                   trainer.limit_val_batches != 0)
 
 
 class Pipeline(ABC):

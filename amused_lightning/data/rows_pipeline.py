@@ -84,8 +84,10 @@ class RowsPipeline(Pipeline):
                             sizes=self._layout.size_of())
         if train is None:
             return None, None
+        # With validation off (trainer.limit_val_batches 0) nothing reads the held-out rows: encoding them is waste.
         val = builder.get(self.cache_spec(split.held_out, split.held_out_rows, True, False, 1, processes.precision),
-                          split.held_out, sorted(set(split.held_out_rows)), exact_only=False, build=build)
+                          split.held_out, sorted(set(split.held_out_rows)), exact_only=False,
+                          build=build) if processes.validates else None
         known_bad = [message for cache in (train, val) if cache is not None for message in cache.bad.values()]
         if known_bad and hp.on_bad_image == "error":  # a cache built under "skip" knows them before training
             raise BadImageError(known_bad[0])

@@ -84,6 +84,11 @@ def lora_metadata(model: nn.Module) -> dict:
     return {key: sorted(value) if isinstance(value, set) else value for key, value in config.items()}
 
 
+def has_lora(model: nn.Module) -> bool:
+    """Whether any layer of `model` carries a LoRA adapter."""
+    return any(isinstance(m, LoraLayer) for m in model.modules())
+
+
 def plain_state_dict(model: nn.Module, merge_lora: bool) -> dict[str, torch.Tensor]:
     """Weights without adapter modules: base weights, with the LoRA update folded in when `merge_lora`."""
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
@@ -91,7 +96,8 @@ def plain_state_dict(model: nn.Module, merge_lora: bool) -> dict[str, torch.Tens
         for layer in layers:
             layer.merge()
     try:
-        return {key.replace(".base_layer.", "."): value.detach().cpu().clone()
+        # Copies only where merging changes the live weights (they are unmerged below); else views are enough.
+        return {key.replace(".base_layer.", "."): value.detach().cpu().clone() if merge_lora else value.detach().cpu()
                 for key, value in model.state_dict().items() if "lora_" not in key}
     finally:
         for layer in layers if merge_lora else ():

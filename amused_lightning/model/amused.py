@@ -4,6 +4,7 @@ training, validation, export and the `generate` command all use it."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import diffusers
@@ -15,8 +16,8 @@ from transformers import CLIPTextModelWithProjection
 
 from amused_lightning.errors import SettingError
 from amused_lightning.formats import LORA_WEIGHT_NAME
-from amused_lightning.model.adapters import load_lora_file, plain_state_dict
-from amused_lightning.model.components import Components, components_identity, load_components
+from amused_lightning.model.adapters import has_lora, load_lora_file, plain_state_dict
+from amused_lightning.model.components import Components, components_identity, load_components, local_base_folder
 from amused_lightning.model.decoding import GenerationSettings, decode_image_tokens, generate_tokens, to_pil
 from amused_lightning.model.draws import Generators, seeded_generators
 from amused_lightning.model.encoding import (
@@ -85,21 +86,40 @@ class AmusedModel(nn.Module):
     def save_pretrained(self, folder: Path, merge_lora: bool = False) -> list[Path]:
         """A folder `AmusedPipeline.from_pretrained` loads (every part a clean copy: no adapters, no training
         wrappers), with the adapters folded in when `merge_lora`, else beside it as the LoRA file (diffusers' layout).
+        Parts whose weights are the base's are copied file by file from a local base folder, not re-serialised.
         Returns what it wrote."""
         finetuning = self.spec.finetuning
         # A merged pipeline already holds the adapters: a LoRA file beside it would be applied twice.
         adapters = not merge_lora and finetuning.adapters
         written = [finetuning.save_adapters(self.parts, folder / LORA_WEIGHT_NAME)] if adapters else []
+        base = local_base_folder(self.spec.pretrained, self.spec.variant)
+        copied = self.unchanged_parts(merge_lora) if base is not None else set()
+        for name in sorted(copied):
+            shutil.copytree(base / name, folder / name, dirs_exist_ok=True)
         with without_transformers_bars():
-            clean_copy(UVit2DModel, self.transformer, merge_lora).save_pretrained(folder / "transformer")
-            clean_copy(CLIPTextModelWithProjection, self.text_encoder, merge_lora).save_pretrained(
-                folder / "text_encoder")
-        self.vqvae.save_pretrained(folder / "vqvae")
+            if "transformer" not in copied:
+                clean_copy(UVit2DModel, self.transformer, merge_lora).save_pretrained(folder / "transformer")
+            if "text_encoder" not in copied:
+                clean_copy(CLIPTextModelWithProjection, self.text_encoder, merge_lora).save_pretrained(
+                    folder / "text_encoder")
+        if "vqvae" not in copied:
+            self.vqvae.save_pretrained(folder / "vqvae")
         self.tokenizer.save_pretrained(folder / "tokenizer")
         self.scheduler.save_pretrained(folder / "scheduler")
         index = {**MODEL_INDEX, "_diffusers_version": diffusers.__version__}
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
         return [*written, folder]
+
+    def unchanged_parts(self, merge_lora: bool) -> set[str]:
+        """The weight parts an export holds as the base has them: the VQ model, a frozen part, and a part whose
+        adapters stay unmerged (its base weights never train)."""
+        unchanged = {"vqvae"}
+        for name in ("transformer", "text_encoder"):
+            mode = getattr(self.spec.finetuning, name)
+            # A frozen part carrying adapters the spec does not know (a LoRA file loaded onto it) has changed.
+            if (mode.adapter is not None and not merge_lora) or (not mode.trains and not has_lora(getattr(self, name))):
+                unchanged.add(name)
+        return unchanged
 
     def for_inference(self) -> AmusedModel:
         """Every weight frozen, every part in eval mode."""
@@ -208,7 +228,10 @@ class AmusedModel(nn.Module):
 
 
 def clean_copy(cls, model: nn.Module, merge_lora: bool) -> nn.Module:
-    """A fresh `cls` from `model`'s config with its (optionally merged) weights: no adapters, no wrappers."""
-    fresh = cls.from_config(model.config) if cls is UVit2DModel else cls(model.config)
-    fresh.load_state_dict(plain_state_dict(model, merge_lora))
+    """A `cls` from `model`'s config holding its (optionally merged) weights, no adapters, no wrappers: for saving.
+    Built on the meta device and handed the weights themselves, so no random initialisation is spent on weights
+    it replaces; non-persistent buffers (CLIP's position ids), which no file holds, stay on the meta device."""
+    with torch.device("meta"):
+        fresh = cls.from_config(model.config) if cls is UVit2DModel else cls(model.config)
+    fresh.load_state_dict(plain_state_dict(model, merge_lora), assign=True)
     return fresh

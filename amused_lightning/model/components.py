@@ -113,6 +113,16 @@ def resolve_embedded(pretrained: str) -> str:
     return str(EMBEDDED[pretrained]) if pretrained in EMBEDDED else pretrained
 
 
+def local_base_folder(pretrained: str, variant: str | None) -> Path | None:
+    """The folder of a base pipeline whose files lie on this machine in their default variant (the files a load
+    without `variant` reads); None for a preset, a hub id or a variant."""
+    pretrained = resolve_embedded(pretrained)
+    if pretrained in PRESETS or variant is not None or not _is_local(pretrained):
+        return None
+    folder = Path(pretrained).expanduser()
+    return folder if folder.is_dir() else None
+
+
 def _is_local(pretrained: str) -> bool:
     """Whether `pretrained` names a path rather than a hub id."""
     return Path(pretrained).expanduser().exists() or pretrained.startswith((".", "/", "~"))

@@ -13,6 +13,8 @@ _CHECKPOINTED_CLASSES: dict[type, type] = {}
 class _CheckpointedForward:
     """Mixin whose forward recomputes activations in backward instead of storing them."""
 
+    recomputes_in_backward = True  # model/flops.py: a count of model FLOPs runs the plain class (its last base)
+
     def forward(self, *args, **kwargs):
         if torch.is_grad_enabled():
             # Non-reentrant checkpointing accepts keyword arguments, which UVit2D's blocks are called with.

@@ -105,8 +105,10 @@ class AmusedModule(L.LightningModule):
         self._apply_memory_levers()
         # Checkpoints hold only trained weights; the frozen parts come back from `pretrained`.
         self.strict_loading = False
-        # A NaN loss is the guard's to report (guard.py: it stops the run, or counts an fp16 skip), not a warning here.
-        self.train_loss, self.train_masking_rate = MeanMetric(nan_strategy="ignore"), MeanMetric()
+        # A NaN loss is the guard's to report (guard.py: it stops the run, or counts an fp16 skip), not a warning here;
+        # and any NaN check here ("warn", "ignore") would wait for the device at every micro-batch.
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.train_masking_rate = MeanMetric(nan_strategy="disable")
         self.val_losses = nn.ModuleList(MeanMetric() for _ in self.validation.mask_ratios)
         self.val_accuracies = nn.ModuleList(MeanMetric() for _ in self.validation.mask_ratios)
         self.started_at_step: int | None = None  # the optimizer step the fit's training started from
@@ -215,7 +217,8 @@ class AmusedModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Once per optimizer step: the loss averaged over all micro-batches (and devices) it accumulated.
-        self.log("train/loss", self.train_loss.compute(), prog_bar=True)
+        # Not prog_bar: Lightning would copy it to the host at every step; the progress line reads it when it prints.
+        self.log("train/loss", self.train_loss.compute())
         self.log("train/masking_rate", self.train_masking_rate.compute())
         self.log("train/lr", optimizer.param_groups[0]["lr"])
         self.train_loss.reset()

@@ -1,5 +1,7 @@
 """Non-finite values: a NaN loss or gradient stops the run before the update, nothing non-finite is saved or
-exported, fp16 skips are counted, and the run resumes from its last good checkpoint."""
+exported, fp16 skips are counted, and the run resumes from its last good checkpoint. With a fused optimizer the check
+waits for no device: a non-finite step's update is skipped where it runs and the run stops at the next step or
+checkpoint, with the same guarantee."""
 
 import logging
 from types import SimpleNamespace
@@ -9,7 +11,7 @@ import torch
 from torch import nn
 
 from amused_lightning.__main__ import main
-from amused_lightning.callbacks.guard import NonFiniteGuard, SkipCounter
+from amused_lightning.callbacks.guard import NonFiniteGuard, SkipCounter, skips_on_device
 from amused_lightning.errors import NonFiniteError
 from amused_lightning.training import module
 
@@ -107,3 +109,47 @@ def test_fp16_skips_are_counted_and_too_many_in_a_row_stop():
 def test_the_skip_limit_is_checked(tmp_path, toy_dataset, capsys):
     line = fails_with(capsys, *tiny_fit(tmp_path, toy_dataset, "--guard.max_skipped_in_a_row", "0"))
     assert "guard.max_skipped_in_a_row=0 must be at least 1" in line
+
+
+def test_a_fused_optimizer_skips_the_non_finite_update_and_the_next_check_names_it():
+    net = nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(net.parameters(), fused=True)
+    assert skips_on_device(optimizer) and not skips_on_device(torch.optim.AdamW(net.parameters()))
+    for param in net.parameters():
+        param.grad = torch.ones_like(param)
+    net.bias.grad[0] = float("nan")
+    before = [p.detach().clone() for p in net.parameters()]
+    trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None), global_step=6,
+                              checkpoint_callback=SimpleNamespace(dirpath="runs/x/checkpoints"))
+    guard = NonFiniteGuard()
+    guard.on_before_backward(trainer, net, torch.tensor(1.0))
+    guard.on_before_optimizer_step(trainer, net, optimizer)  # no wait, no error yet
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters())), "the update was skipped"
+    assert optimizer.state[net.bias]["step"] == 0
+    with pytest.raises(NonFiniteError, match="optimizer step 7: the gradient of bias is not finite; the optimizer "
+                                             "skipped that update"):
+        guard.on_save_checkpoint(trainer, net, {})
+
+
+def test_a_fused_run_stops_at_the_step_after_a_nan_and_saves_nothing_of_it(tmp_path, toy_dataset, capsys,
+                                                                           monkeypatch):
+    original, calls = module.masked_token_loss, []
+
+    def nan_from_the_third_step(*args):
+        calls.append(1)
+        return original(*args) * (float("nan") if len(calls) >= 3 else 1.0)
+
+    monkeypatch.setattr(module, "masked_token_loss", nan_from_the_third_step)
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_fit(tmp_path, toy_dataset, "--trainer.max_steps", "5", "--checkpoint.every_n_train_steps", "1",
+                      "--model.optimizer.init_args.fused", "true"))
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 1
+    assert error.startswith("error: optimizer step 3: the loss of micro-batch 0 is not finite; the optimizer skipped "
+                            "that update and training stopped"), error
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step=1.ckpt", "step=2.ckpt"]
+    good = torch.load(checkpoints / "step=2.ckpt", weights_only=True)["state_dict"]
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(good[key], last[key]) and torch.isfinite(good[key]).all() for key in good)

@@ -123,3 +123,9 @@ def test_worker_processes_load_both_kinds_of_samples(tmp_path, toy_dataset, cach
         assert len(pickle.dumps(datamodule.train_dataset.cache)) < 1000, "workers get the folder, not the arrays"
     batches = list(datamodule.train_dataloader())
     assert sum(len(batch["micro_conds"]) for batch in batches) == len(datamodule.train_dataset)
+
+
+def test_no_held_out_cache_is_encoded_when_validation_is_off(tmp_path, toy_dataset, counting_encoders):
+    fit(tmp_path / "run", toy_dataset, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+        "--data.cache_dir", str(tmp_path / "cache"))
+    assert len(counting_encoders) == 1 and len(cache_folders(tmp_path / "cache")) == 1, "the training rows only"

@@ -16,8 +16,10 @@ from amused_lightning.commands.export import main as export_main
 from amused_lightning.export.card import CARD_NAME, SAMPLES_NAME
 from amused_lightning.export.pipeline import export_run
 from amused_lightning.formats import BASE_NAME, LORA_WEIGHT_NAME, SAMPLING_NAME
+from amused_lightning.model.adapters import LoraSettings, add_lora
 from amused_lightning.model.amused import AmusedModel
 from amused_lightning.model.components import load_components
+from amused_lightning.model.finetuning import TextEncoderSettings
 from amused_lightning.model.spec import ModelSpec
 from amused_lightning.run.checkpoint import RunCheckpoint
 
@@ -187,3 +189,43 @@ def test_exported_files_follow_the_umask(lora_run, tmp_path):
     modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
              for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert set(modes.values()) == {"0o644"}, modes
+
+
+def weight_files(folder, part):
+    return {path.name: path.read_bytes() for path in (folder / part).iterdir()}
+
+
+def test_parts_an_export_leaves_as_the_base_has_them_are_its_files_byte_for_byte(tmp_path, toy_dataset):
+    base = tmp_path / "base"
+    parts = load_components("tiny")
+    AmusedPipeline(vqvae=parts.vqvae, tokenizer=parts.tokenizer, text_encoder=parts.text_encoder,
+                   transformer=parts.transformer, scheduler=parts.scheduler).save_pretrained(
+        base, safe_serialization=False)  # files a re-serialisation (safetensors) would not write
+    fit(tmp_path / "run", toy_dataset, "--model.pretrained", str(base), "--trainer.max_steps", "2",
+        "--trainer.limit_val_batches", "0", "--model.lora.r", "4", "--model.optimizer.init_args.lr", "0.05")
+    unmerged = tmp_path / "unmerged"
+    export_main([str(tmp_path / "run" / "checkpoints" / "last.ckpt"), str(unmerged), "--with-base"])
+    export_main([str(tmp_path / "run" / "checkpoints" / "last.ckpt"), str(tmp_path / "merged"), "--merge-lora"])
+    for part in ("vqvae", "text_encoder", "transformer"):
+        assert weight_files(unmerged, part) == weight_files(base, part), f"{part}: an adapter's base never trains"
+    assert weight_files(tmp_path / "merged", "vqvae") == weight_files(base, "vqvae")
+    assert weight_files(tmp_path / "merged", "transformer") != weight_files(base, "transformer"), "merged: rewritten"
+    adapted = UVit2DModel.from_pretrained(str(unmerged / "transformer"))
+    adapted.load_lora_adapter(str(unmerged), prefix="transformer", weight_name=LORA_WEIGHT_NAME)
+    merged = UVit2DModel.from_pretrained(str(tmp_path / "merged" / "transformer"))
+    inputs = transformer_inputs(1)
+    with torch.no_grad():
+        assert torch.allclose(adapted(**inputs), merged(**inputs), atol=1e-5), "the copied base carries the adapter"
+
+
+@pytest.mark.parametrize("lora, text_encoder, merge, unchanged", [
+    (None, TextEncoderSettings(), False, {"vqvae", "text_encoder"}),
+    (LoraSettings(r=4, alpha=8), TextEncoderSettings(), False, {"vqvae", "text_encoder", "transformer"}),
+    (LoraSettings(r=4, alpha=8), TextEncoderSettings(), True, {"vqvae", "text_encoder"}),
+    (None, TextEncoderSettings(train=True), False, {"vqvae"}),
+])
+def test_the_parts_an_export_may_copy_follow_the_finetuning_mode(lora, text_encoder, merge, unchanged):
+    model = AmusedModel.from_spec(ModelSpec("tiny", lora=lora, text_encoder=text_encoder))
+    assert model.unchanged_parts(merge) == unchanged
+    add_lora(model.text_encoder, LoraSettings(r=2, alpha=2, target_modules=["q_proj"]))
+    assert "text_encoder" not in model.unchanged_parts(merge), "adapters the spec does not know change the part"
