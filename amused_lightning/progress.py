@@ -129,6 +129,12 @@ def held_out_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def scores_table(scores: dict[str, float]) -> str:
+    """Other scores (the validation images' metrics), one `name  value` row each."""
+    width = max(len(name) for name in scores)
+    return "\n".join(f"{name:<{width}}  {value:.4f}" for name, value in scores.items())
+
+
 class StepProgress(ProgressBar):
     """Training progress in optimizer steps out of `trainer.max_steps`, with the loss, steps/s and time left."""
 

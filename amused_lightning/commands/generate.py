@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     from amused_lightning.model.decoding import GenerationSettings, check_generation_settings
     from amused_lightning.progress import iterate
+    from amused_lightning.threads import set_cpu_threads
 
+    set_cpu_threads()
     settings = GenerationSettings(num_inference_steps=args.steps, guidance_scale=args.guidance_scale)
     check_generation_settings(settings, "--steps")
     start_image, start_mask = read_start_files(args)
