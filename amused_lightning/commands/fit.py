@@ -20,7 +20,7 @@ from amused_lightning.callbacks.validation_images import ValidationImages
 from amused_lightning.commands.trainer_checks import check_trainer_settings
 from amused_lightning.data import AmusedDataModule
 from amused_lightning.errors import SettingError
-from amused_lightning.progress import StepProgress, held_out_table, scores_table
+from amused_lightning.progress import PartsSummary, StepProgress, held_out_table, scores_table
 from amused_lightning.run.folder import RunFolder
 from amused_lightning.run.lock import RunLock, is_first_process, lock_run_folder
 from amused_lightning.threads import set_cpu_threads
@@ -55,7 +55,7 @@ def display_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
     if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
         added.append(StepProgress())
     if trainer_config.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in given):
-        added.append(ModelSummary(max_depth=2))  # the model's parts, each with what of it trains
+        added.append(PartsSummary(max_depth=2))  # the model's parts, each with what of it trains
     return added
 
 

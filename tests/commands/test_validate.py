@@ -9,17 +9,18 @@ from helpers import image_steps, scalars, tiny_fit
 PROMPT = ("a pixel art character with square red glasses, a cube-shaped head and a green-colored body on a dark "
           "background")
 VALIDATION = ("--model.validation.prompts", f'["{PROMPT}"]', "--model.validation.generation.num_inference_steps", "1",
-              "--model.image_metrics", '[{"class_path": "amused_lightning.toy.image_metrics.ToyWorldScore"}]',
-              "--trainer.enable_progress_bar", "false")
+              "--model.image_metrics", '[{"class_path": "amused_lightning.toy.image_metrics.ToyWorldScore"}]')
 
 
 def test_validate_labels_its_step_and_leaves_the_fits_logs_whole(tmp_path, toy_dataset, capsys):
     run = tmp_path / "run"
     main(tiny_fit(run, toy_dataset, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", *VALIDATION))
+    assert f"exporting step 2 to {run / 'export'}..." in capsys.readouterr().err
     checkpoint = str(run / "checkpoints" / "last.ckpt")
     main(["validate", *tiny_fit(run, toy_dataset, *VALIDATION)[1:], "--ckpt_path", checkpoint])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert f"held-out scores of {checkpoint}:" in out and "\nval/toy_accuracy  " in out, out
+    assert "validating step 2: held-out scores and 1 image...\n" in err
     assert [p.name for p in (run / "validation").glob("*.png")] == ["step=000002.png"]
     validate_logs = run / "lightning_logs" / "validate"
     assert [step for step, _ in scalars(validate_logs, "val/loss")] == [2]
