@@ -1,5 +1,5 @@
 """Time a newcomer's first hour as whole processes: `--help`, `fit --help`, the README's quickstart (after its data
-command), any --command and, with --tests, the README's test command; on the machine as it is ("idle") and, with
+command), any --command and, with --tests, the README's test command; on the machine as found and, with
 --load N, again while N processes of its own keep N cores busy ("loaded"). Prints a markdown table (median, min, max
 over --runs) with the one-minute load average as each command started and ended.
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-command", help="replaces the README's test command")
     parser.add_argument("--load", type=int, default=0, help="also time everything while this many busy processes run")
     parser.add_argument("--idle", action=argparse.BooleanOptionalAction, default=True,
-                        help="time on the machine as it is (--no-idle: only loaded)")
+                        help="time on the machine as found, other users' load included (--no-idle: only loaded)")
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose package runs")
     parser.add_argument("--keep-threads", action="store_true", help="pass OMP_NUM_THREADS on to the commands")
     args = parser.parse_args(argv)
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(args.repo), os.environ.get("PYTHONPATH")]))}
     if not args.keep_threads:
         env.pop("OMP_NUM_THREADS", None)
-    rows = time_all(args, commands, env, "idle") if args.idle else []
+    rows = time_all(args, commands, env, "as found") if args.idle else []
     if args.load:
         with busy_processes(args.load):
             rows += time_all(args, commands, env, f"loaded (+{args.load} busy)")
