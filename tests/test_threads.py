@@ -29,3 +29,20 @@ def test_waits_sleep_unless_the_user_chose_a_policy():
     env = {"OMP_WAIT_POLICY": "ACTIVE"}
     wait_passively(env)
     assert env == {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": "0"}
+
+
+def test_a_cpu_command_sets_torch_threads_and_says_so(monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    from amused_lightning import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "load_average", lambda: 5.3)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="amused_lightning"):
+        threads.set_cpu_threads()
+    assert torch.get_num_threads() == 1
+    assert caplog.messages == ["CPU: 1 torch thread (2 cores, load 5.3); set OMP_NUM_THREADS to override"]
