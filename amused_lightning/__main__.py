@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import NamedTuple
 
 from amused_lightning.commands.console import Console, apply_lightning_level, configure, take_switches
 from amused_lightning.errors import one_line, user_error_types
 from amused_lightning.run.lock import is_first_process
+from amused_lightning.threads import wait_passively
 
 
 class Command(NamedTuple):
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
               "(see `python -m amused_lightning --help`)", file=sys.stderr)
         raise SystemExit(2)
     configure(console)
+    wait_passively(os.environ)  # before torch loads its OpenMP runtime, which reads it once
     run(argv[0], argv[1:], console)
 
 

@@ -3,6 +3,7 @@ lines when output goes to a file; and the same for any loop of batches (generati
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections import deque
@@ -10,7 +11,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TextIO, TypeVar
 
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar
+import torch
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PLAIN_INTERVAL_S = 30.0  # seconds between plain lines when output is not a terminal
@@ -108,6 +113,25 @@ class Rate:
         return (self.samples[-1][1] - self.samples[0][1]) / (self.samples[-1][0] - self.samples[0][0])
 
 
+class RunningMean:
+    """The mean of the last `window` values: the per-step loss swings too much to read a trend from."""
+
+    def __init__(self, window: int = 20):
+        self.values: deque[float | torch.Tensor] = deque(maxlen=window)
+
+    def add(self, value: float | torch.Tensor) -> None:
+        """Take in one more value (the oldest leaves once the window is full)."""
+        self.values.append(value)
+
+    def text(self, name: str) -> str:
+        """`loss 0.9121 (20-step mean)`, or "" before the first value."""
+        if not self.values:
+            return ""
+        # Device tensors are read here, once per line shown, not at every step.
+        mean = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in self.values]).mean()
+        return f"{name} {float(mean):.4f} ({len(self.values)}-step mean)"
+
+
 def iterate(items: Iterable[T], total: int, what: str, unit: str = "", stream: TextIO | None = None) -> Iterator[T]:
     """`items`, printing `what N/total` progress as each one is done."""
     printer, rate, done = Printer(stream), Rate(), 0
@@ -133,6 +157,19 @@ def held_out_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def scores_table(scores: dict[str, float]) -> str:
+    """Other scores (the validation images' metrics), one `name  value` row each."""
+    width = max(len(name) for name in scores)
+    return "\n".join(f"{name:<{width}}  {value:.4f}" for name, value in scores.items())
+
+
+def validation_work(pl_module: L.LightningModule, step: int) -> str:
+    """`validating step 400: held-out scores and 8 images...`: what a validation is about to do."""
+    prompts = getattr(getattr(pl_module, "validation", None), "prompts", None) or []
+    images = f" and {len(prompts)} image{'s' * (len(prompts) != 1)}" if prompts else ""
+    return f"validating step {getattr(pl_module, 'weights_step', step)}: held-out scores{images}..."
+
+
 class StepProgress(ProgressBar):
     """Training progress in optimizer steps out of `trainer.max_steps`, with the loss, steps/s and time left."""
 
@@ -142,6 +179,7 @@ class StepProgress(ProgressBar):
         self.enabled = True
         self.printer: Printer | None = None
         self.rate = Rate()
+        self.loss = RunningMean()
         self._shown_step = -1
 
     def disable(self) -> None:
@@ -155,10 +193,10 @@ class StepProgress(ProgressBar):
         return self.enabled and self.trainer.is_global_zero
 
     def _line(self, trainer: L.Trainer) -> str:
-        """`step N/M  loss x  [speed]  r steps/s  t left`; the speed is what callbacks with a `progress_text` say."""
-        loss = trainer.callback_metrics.get("train/loss")  # a device tensor: read only for a line that is shown
+        """`step N/M  loss x (n-step mean)  [speed]  r steps/s  t left`; the speed is what callbacks with a
+        `progress_text` say."""
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        extra = [f"loss {float(loss):.4f}"] if loss is not None else []
+        extra = [text] if (text := self.loss.text("loss")) else []
         extra += [text for c in trainer.callbacks if hasattr(c, "progress_text") and (text := c.progress_text())]
         return progress_line("step", trainer.global_step, total, self.rate.per_second, "  ".join(extra))
 
@@ -174,6 +212,9 @@ class StepProgress(ProgressBar):
             return
         self._shown_step = trainer.global_step
         self.rate.add(trainer.global_step)
+        loss = trainer.callback_metrics.get("train/loss")  # the step's loss, still on the device: read when shown
+        if loss is not None:
+            self.loss.add(loss)
         first, last = len(self.rate.samples) == 2, trainer.global_step == trainer.max_steps
         if first or last or self.printer.due():  # the line, and the loss it reads from the device, only when shown
             self.printer.update(self._line(trainer), force=True)
@@ -186,6 +227,10 @@ class StepProgress(ProgressBar):
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rate.pause()
+        if self.is_enabled and not trainer.sanity_checking:
+            # Sampling the validation images takes a while: say what is going on (`validate` has no printer yet).
+            self.printer = self.printer or Printer(self.stream, self.plain_interval)
+            self.printer.message(validation_work(pl_module, trainer.global_step))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rate.resume()
@@ -196,3 +241,16 @@ class StepProgress(ProgressBar):
         if self.printer is not None and "val/loss" in metrics:
             scores = ", ".join(f"{k} {float(metrics[k]):.4f}" for k in ("val/loss", "val/accuracy") if k in metrics)
             self.printer.message(f"validation at step {trainer.global_step}: {scores}")
+
+
+class PartsSummary(ModelSummary):
+    """Lightning's table of the model's parts (what each holds and whether it trains), without the FLOPs column and
+    total: Lightning counts FLOPs only on an example input, which this module has none of, so they all read 0."""
+
+    @staticmethod
+    def summarize(summary_data: list[tuple[str, list[str]]], total_parameters: int, trainable_parameters: int,
+                  model_size: float, total_training_modes: dict[str, int], total_flops: int, **kwargs: Any) -> None:
+        columns = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes, 0,
+                                      *columns)
+        log.info("\n" + "\n".join(line for line in table.splitlines() if not line.endswith("Total Flops")))

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+# Commands choose their CPU threads by the machine's load unless this is set: tests keep one count throughout.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 from amused_lightning.model.components import load_components  # noqa: E402
 

@@ -7,8 +7,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 
+from amused_lightning.callbacks.checkpoints import RunCheckpoints
 from amused_lightning.callbacks.ema import find_ema
 from amused_lightning.formats import CHECKPOINT_LORA_SUFFIX
 from amused_lightning.permissions import honour_umask
@@ -20,10 +20,10 @@ def lora_path(checkpoint: str | Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + CHECKPOINT_LORA_SUFFIX)
 
 
-class LoraCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint that also writes, beside every checkpoint of a run that trains LoRA adapters, those
-    adapters as a LoRA file (the EMA's when the run keeps one, as an export would choose), and deletes it when it
-    deletes the checkpoint (the newest-K rotation, a moved `last`)."""
+class LoraCheckpoint(RunCheckpoints):
+    """The run's checkpoints (RunCheckpoints: they follow a moved run folder) and, beside every checkpoint of a run
+    that trains LoRA adapters, those adapters as a LoRA file (the EMA's when the run keeps one, as an export would
+    choose), deleted with its checkpoint (the newest-K rotation, a moved `last`)."""
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)

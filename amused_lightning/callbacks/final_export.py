@@ -91,6 +91,7 @@ class FinalExport(L.Callback):
         if not (self.enabled and trainer.is_global_zero) or self._kept(trainer):
             return
         folder = RunFolder(trainer.default_root_dir)
+        log.info("exporting step %s to %s...", run.step, folder.export)  # loading and writing take a while
         written, weights = export_run(run, folder.export, self.weights, self.merge_lora, True,
                                       self.push_to_hub or str(folder.export), folder.newest_validation(run.step),
                                       self.with_base)

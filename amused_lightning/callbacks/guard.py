@@ -13,8 +13,9 @@ import torch
 
 from amused_lightning.errors import NonFiniteError, SettingError
 
-ADVICE = ("lower model.optimizer.init_args.lr, set trainer.gradient_clip_val, or use bf16-mixed, then continue from "
-          "the last good checkpoint with --ckpt_path last")
+CHANGES = "lower model.optimizer.init_args.lr, set trainer.gradient_clip_val, or use bf16-mixed"
+ADVICE = f"{CHANGES}, then continue from the last good checkpoint with --ckpt_path last"
+FRESH_ADVICE = f"{CHANGES}, then start the run again"
 
 
 def finite_flags(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -71,10 +72,17 @@ class SkipCounter:
         return self.in_a_row >= self.limit
 
 
-def checkpoint_folder(trainer: L.Trainer) -> str:
-    """Where the run's good checkpoints are, for the error message."""
+def checkpoint_folder(trainer: L.Trainer) -> Path:
+    """Where the run's checkpoints go."""
     callback = trainer.checkpoint_callback
-    return str(getattr(callback, "dirpath", None) or Path(trainer.default_root_dir) / "checkpoints")
+    return Path(getattr(callback, "dirpath", None) or Path(trainer.default_root_dir) / "checkpoints")
+
+
+def where_to_continue(folder: Path) -> str:
+    """The end of the error message: the checkpoint folder when it holds a checkpoint, else that none was written."""
+    if folder.is_dir() and any(folder.glob("*.ckpt")):
+        return f"(the last good checkpoint is in {folder}): {ADVICE}"
+    return f"(no checkpoint was written yet in {folder}): {FRESH_ADVICE}"
 
 
 class NonFiniteGuard(L.Callback):
@@ -154,5 +162,4 @@ class NonFiniteGuard(L.Callback):
 
     @staticmethod
     def _stop(trainer: L.Trainer, step: int, what: str) -> None:
-        raise NonFiniteError(f"optimizer step {step}: {what} (the last good checkpoint is in "
-                             f"{checkpoint_folder(trainer)}): {ADVICE}")
+        raise NonFiniteError(f"optimizer step {step}: {what} {where_to_continue(checkpoint_folder(trainer))}")

@@ -104,6 +104,7 @@ class ValidationImages(L.Callback):
                 <default_root_dir>/validation hold them).
         """
         self.enabled = enabled
+        self.scores: dict[str, float] = {}  # the image metrics of the latest validation
         self._warned: set[int] = set()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -113,8 +114,9 @@ class ValidationImages(L.Callback):
             return
         with trainer.precision_plugin.forward_context():
             images = to_pil(validation_pixels(pl_module))
-        grid = RunFolder(trainer.default_root_dir).save_validation(trainer.global_step, prompts, image_grid(images))
-        scores = evaluate_image_metrics(pl_module.image_metrics, prompts, images)
+        # weights_step: a `validate` of a checkpoint labels its images with the checkpoint's step, not 0.
+        grid = RunFolder(trainer.default_root_dir).save_validation(pl_module.weights_step, prompts, image_grid(images))
+        self.scores = scores = evaluate_image_metrics(pl_module.image_metrics, prompts, images)
         for logger in trainer.loggers if scores else []:
             logger.log_metrics(scores, step=grid.step)
         if self.enabled:

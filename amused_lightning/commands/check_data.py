@@ -20,6 +20,7 @@ from amused_lightning.errors import ExistingOutputError
 
 if TYPE_CHECKING:
     from amused_lightning.data import AmusedDataModule, DataSource
+    from amused_lightning.data.buckets import RowLayout
     from amused_lightning.data.report import DataReport
 
 PREVIEW_NAME = "data-check.png"
@@ -33,7 +34,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         help=f"PNG grid of samples with their captions (default: <trainer.default_root_dir>/"
                              f"{PREVIEW_NAME}, or ./{PREVIEW_NAME} when the config names no run folder)")
     parser.add_argument("--samples", type=int, default=16, help="samples in the preview grid (0: no preview)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a preview file that already exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a --preview file that already exists (the default preview, which this command "
+                             "wrote, is replaced without it)")
     parser.add_argument("--records", type=int, default=1000,
                         help="records of a stream (HFStream, WebDataset) the report reads, from its start")
     args, rest = parser.parse_known_args(argv)
@@ -69,31 +72,34 @@ def data_module(settings) -> AmusedDataModule:
 
 
 def preview_path(args: argparse.Namespace, settings) -> Path:
-    """Where the preview goes; an error when a file is there and --overwrite is not given."""
+    """Where the preview goes; an error when a --preview file is there and --overwrite is not given (the default
+    preview is this command's own, replaced at each run)."""
     path = args.preview or Path(settings.trainer.default_root_dir or ".") / PREVIEW_NAME
-    if path.exists() and not args.overwrite:
+    if args.preview is not None and path.exists() and not args.overwrite:
         raise ExistingOutputError(f"preview {str(path)!r} already exists: pass --overwrite to replace it, or "
                                   "--preview <other file>")
     return path
 
 
-def write_preview(source: DataSource, resolution: int, count: int, path: Path) -> Path:
-    """A grid of `count` usable samples spread over `source`, with their captions, written to `path`."""
+def write_preview(source: DataSource, resolution: int, count: int, path: Path,
+                  crops: dict[int, tuple[int, int]] | None = None) -> Path:
+    """A grid of `count` usable samples spread over `source`, each cropped to its training crop's shape in `crops`
+    (default: the square), with their captions, written to `path`."""
     from amused_lightning.data.preview import evenly_spaced, preview_grid
 
     rows = evenly_spaced(source.usable_rows(), count)
-    image = preview_grid([(source.image(row), source.captions(row)) for row in rows], resolution)
+    crops = crops or {}
+    image = preview_grid([(source.image(row), source.captions(row), crops.get(row)) for row in rows], resolution)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
 
 
-def bucket_lines(datamodule: AmusedDataModule, source: DataSource, settings, report: DataReport,
-                 train_rows: list[int]) -> list[str] | None:
-    """The training rows per aspect-ratio bucket, from the sizes the report read, as `fit` assigns them; None when
-    buckets are off."""
+def training_buckets(datamodule: AmusedDataModule, source: DataSource, settings, report: DataReport,
+                     train_rows: list[int]) -> RowLayout | None:
+    """The training rows in their aspect-ratio buckets, from the sizes the report read, as `fit` assigns them; None
+    when buckets are off."""
     from amused_lightning.data.buckets import bucket_grids, bucket_layout
-    from amused_lightning.data.report import format_buckets
     from amused_lightning.model.components import load_grid_configs
     from amused_lightning.model.encoding import pixels_per_token, token_grid_multiple
 
@@ -104,7 +110,7 @@ def bucket_lines(datamodule: AmusedDataModule, source: DataSource, settings, rep
     grids = bucket_grids(datamodule.hparams.resolution // factor, token_grid_multiple(transformer_config),
                          datamodule.buckets.max_ratio)
     sizes = dict(zip(source.usable_rows(), report.sizes))
-    return format_buckets(bucket_layout(train_rows, sizes, grids, factor), datamodule.buckets.max_ratio)
+    return bucket_layout(train_rows, sizes, grids, factor)
 
 
 def rows_to_check(datamodule: AmusedDataModule, records: int) -> DataSource:
@@ -119,7 +125,7 @@ def rows_to_check(datamodule: AmusedDataModule, records: int) -> DataSource:
 def main(argv: list[str] | None = None) -> DataReport:
     args, rest = parse(argv)
     # torch, Lightning and datasets load only once the arguments are known good: `--help` stays instant.
-    from amused_lightning.data.report import format_report, scan_source
+    from amused_lightning.data.report import format_buckets, format_report, scan_source
     from amused_lightning.model.components import load_tokenizer
 
     settings = fit_settings(rest)
@@ -130,10 +136,12 @@ def main(argv: list[str] | None = None) -> DataReport:
     source = rows_to_check(datamodule, args.records)
     split = source.split_rows(hp.val_samples, hp.seed, hp.batch_size, 1)
     report = scan_source(source, tokenizer, split.train_rows)
-    print(format_report(report, hp.resolution, hp.on_bad_image, bucket_lines(datamodule, source, settings, report,
-                                                                            split.train_rows)))
+    buckets = training_buckets(datamodule, source, settings, report, split.train_rows)
+    lines = None if buckets is None else format_buckets(buckets, datamodule.buckets.max_ratio)
+    print(format_report(report, hp.resolution, hp.on_bad_image, lines))
     if path is not None:
-        usable = report.total - len(report.skipped)
-        print(f"wrote {write_preview(source, hp.resolution, args.samples, path)} ({min(args.samples, usable)} "
-              "samples with their captions)")
+        usable, replaced = report.total - len(report.skipped), " (replacing the previous one)" * path.exists()
+        write_preview(source, hp.resolution, args.samples, path, None if buckets is None else buckets.size_of())
+        shape = "their aspect-ratio buckets' crops" if buckets else "the square training crop"
+        print(f"wrote {path}{replaced}: {min(args.samples, usable)} samples with their captions, as {shape}")
     return report

@@ -8,10 +8,13 @@ a model card (README.md); optionally pushed to the Hugging Face Hub in one commi
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from amused_lightning.commands.config_file import CommandParser, add_config_argument, parse_with_config
 from amused_lightning.formats import WEIGHT_CHOICES
+
+log = logging.getLogger(__name__)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     # Before anything is written: a push that cannot work is said now, not after a long export.
     token = check_push(args.push_to_hub, args.hub_token, "--push-to-hub") if args.push_to_hub else None
     samples = RunFolder.of_checkpoint(args.checkpoint).newest_validation(run.step)
+    log.info("exporting %s to %s...", args.checkpoint, args.output)  # loading and writing take a while
     written, _ = export_run(run, args.output, args.weights, args.merge_lora, args.overwrite,
                             args.push_to_hub or str(args.output), samples, args.with_base)
     for path in written:

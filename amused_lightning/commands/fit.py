@@ -21,12 +21,13 @@ from amused_lightning.callbacks.validation_images import ValidationImages
 from amused_lightning.commands.trainer_checks import check_trainer_settings
 from amused_lightning.data import AmusedDataModule
 from amused_lightning.errors import SettingError
-from amused_lightning.progress import StepProgress, held_out_table
+from amused_lightning.progress import PartsSummary, StepProgress, held_out_table, scores_table
 from amused_lightning.run.folder import RunFolder
 from amused_lightning.run.lock import RunLock, is_first_process, lock_run_folder
+from amused_lightning.threads import set_cpu_threads
 from amused_lightning.training.fit import fit as fit_run
 from amused_lightning.training.module import AmusedModule
-from amused_lightning.training.resume import check_ckpt_path, run_logger
+from amused_lightning.training.resume import check_ckpt_path, run_logger, validate_logger
 
 
 def batches_between_validations(validation_steps: int, accumulate_grad_batches: int) -> int:
@@ -55,7 +56,7 @@ def display_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
     if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
         added.append(StepProgress())
     if trainer_config.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in given):
-        added.append(ModelSummary(max_depth=2))  # the model's parts, each with what of it trains
+        added.append(PartsSummary(max_depth=2))  # the model's parts, each with what of it trains
     return added
 
 
@@ -113,6 +114,7 @@ class AmusedCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         check_trainer_settings(self._get(self.config, "trainer"))
+        set_cpu_threads()  # before the model loads: loading computes too
         # A process-wide switch, so it belongs to the entry point rather than to the model.
         if self._get(self.config, "allow_tf32"):  # _get: also without a subcommand (cli_main(run=False))
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -123,15 +125,20 @@ class AmusedCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer, with our progress display and summary; for `fit` without a trainer.logger given, one
-        TensorBoard run across resumes (a given logger, or list of them, is used as it is)."""
+        TensorBoard run across resumes, for `validate` a TensorBoard run of its own (a given logger, or list of them,
+        is used as it is)."""
         config = self._get(self.config_init, "trainer", default={})
         added = display_callbacks(config)
         kwargs.setdefault("callbacks", [*given_callbacks(config), *added])
         if any(isinstance(c, ModelSummary) for c in added):
             kwargs.setdefault("enable_model_summary", False)  # ours is in the list: Lightning need not add its own
-        if self.subcommand == "fit" and config.get("logger") in (None, True):
-            resuming = self._get(self.config, "ckpt_path") is not None
-            kwargs.setdefault("logger", run_logger(RunFolder(config.get("default_root_dir")), resuming))
+        if config.get("logger") in (None, True):
+            folder = RunFolder(config.get("default_root_dir"))
+            if self.subcommand == "fit":
+                resuming = self._get(self.config, "ckpt_path") is not None
+                kwargs.setdefault("logger", run_logger(folder, resuming))
+            elif self.subcommand == "validate":
+                kwargs.setdefault("logger", validate_logger(folder))
         return super().instantiate_trainer(**kwargs)
 
     def fit(self, model: LightningModule, datamodule: LightningDataModule, ckpt_path: str | None = None,
@@ -147,8 +154,9 @@ class AmusedCLI(LightningCLI):
     def after_validate(self) -> None:
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
         if self.trainer.is_global_zero and "val/loss" in self.trainer.callback_metrics:
+            images = next((c.scores for c in self.trainer.callbacks if isinstance(c, ValidationImages)), {})
             print(f"held-out scores of {ckpt_path or 'the initial weights'}:\n"
-                  f"{held_out_table(self.trainer.callback_metrics)}")
+                  f"{held_out_table(self.trainer.callback_metrics)}" + (f"\n{scores_table(images)}" if images else ""))
 
 
 def cli_main(args: list[str] | None = None, run: bool = True, cli_class: type[AmusedCLI] = AmusedCLI) -> AmusedCLI:

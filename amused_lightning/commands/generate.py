@@ -226,7 +226,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     from amused_lightning.model.decoding import check_generation_settings
     from amused_lightning.progress import iterate
     from amused_lightning.run.checkpoint import RunCheckpoint
+    from amused_lightning.threads import set_cpu_threads
 
+    set_cpu_threads()
     run = RunCheckpoint.read(args.checkpoint) if args.checkpoint else None
     found, origin = model_sampling(args, run)
     sampling = chosen_sampling(args, found)

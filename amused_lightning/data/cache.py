@@ -116,6 +116,7 @@ class CacheBuilder:
                  on_bad_image: str):
         self.root, self.encoders, self.device = root, encoders, device
         self.autocast, self.batch_size, self.on_bad_image = autocast, batch_size, on_bad_image
+        self.reused: list[Path] = []  # the caches `get` found already built, for the caller to say once
 
     def get(self, spec: CacheSpec, source, rows: list[int], exact_only: bool, build: bool,
             sizes: dict[int, Size] | None = None) -> TokenCache | None:
@@ -124,7 +125,7 @@ class CacheBuilder:
         (caching would change training); that finding is remembered beside the caches."""
         folder, inexact = self.root / spec.key(), self.root / f"{spec.key()}.several-crops"
         if (folder / "meta.json").exists():
-            log.info("reusing the pre-encoded cache %s", folder)
+            self.reused.append(folder)
             return TokenCache(folder)
         if (exact_only and inexact.exists()) or not build:
             return None

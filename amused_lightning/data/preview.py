@@ -1,11 +1,14 @@
-"""A preview grid of training samples: each image centre-cropped as training crops it, its caption written below."""
+"""A preview grid of training samples: each image centre-cropped to the shape training crops it to (the square, or its
+aspect-ratio bucket), its caption written below."""
 
 from __future__ import annotations
 
 from PIL import Image, ImageDraw, ImageFont
 
 from amused_lightning.data.captions import Captions
-from amused_lightning.data.transforms import resize_shorter_side, to_upright_rgb
+from amused_lightning.data.transforms import covering_size, crop_offsets, to_upright_rgb
+
+Size = tuple[int, int]  # (width, height)
 
 TILE_SIDES = (128, 256)  # tile side: data.resolution, kept within these (legible captions, a small file)
 TEXT_LINES = 6  # lines of caption text under each tile
@@ -52,13 +55,29 @@ def caption_text(captions: Captions) -> str:
     return f"[{captions.origin}] {captions.lines[0]}{more}"
 
 
-def tile(image: Image.Image, text: str, size: int, font) -> Image.Image:
-    """The image as the centre square of `size` pixels, with `text` wrapped below it."""
-    image = resize_shorter_side(to_upright_rgb(image), size)
-    left, top = (image.width - size) // 2, (image.height - size) // 2
+def shown_crop_size(crop: Size, side: int) -> Size:
+    """A crop of shape `crop` scaled so that its longer side is `side` pixels."""
+    width, height = crop
+    scale = side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def centre_crop(image: Image.Image, crop: Size) -> Image.Image:
+    """The image resized to cover `crop` (width, height) and cut to it at its centre."""
+    image = to_upright_rgb(image)
+    covering = covering_size(*image.size, crop)
+    image = image if covering == image.size else image.resize(covering, Image.Resampling.BILINEAR)
+    top, left = crop_offsets(image.width, image.height, crop, None)
+    return image.crop((left, top, left + crop[0], top + crop[1]))
+
+
+def tile(image: Image.Image, text: str, size: int, font, crop: Size | None = None) -> Image.Image:
+    """The image centre-cropped to the shape of `crop` (default: a square), within a `size` square, with `text`
+    wrapped below it."""
+    shown = centre_crop(image, shown_crop_size(crop or (size, size), size))
     line_height = font.getbbox("Ag")[3] + 2
     out = Image.new("RGB", (size, size + PADDING + TEXT_LINES * line_height), "white")
-    out.paste(image.crop((left, top, left + size, top + size)), (0, 0))
+    out.paste(shown, ((size - shown.width) // 2, (size - shown.height) // 2))
     draw = ImageDraw.Draw(out)
     for number, line in enumerate(wrap(text, font, size - 2 * PADDING, TEXT_LINES)):
         draw.text((PADDING, size + PADDING + number * line_height), line, fill="black", font=font)
@@ -77,8 +96,9 @@ def grid(tiles: list[Image.Image], columns: int = COLUMNS) -> Image.Image:
     return out
 
 
-def preview_grid(samples: list[tuple[Image.Image, Captions]], resolution: int) -> Image.Image:
-    """The grid of `samples` (image, captions), tiles at the training resolution kept within `TILE_SIDES`."""
+def preview_grid(samples: list[tuple[Image.Image, Captions, Size | None]], resolution: int) -> Image.Image:
+    """The grid of `samples` (image, captions, training crop size or None for the square), tiles at the training
+    resolution kept within `TILE_SIDES`."""
     font = ImageFont.load_default()
     size = min(max(resolution, TILE_SIDES[0]), TILE_SIDES[1])
-    return grid([tile(image, caption_text(captions), size, font) for image, captions in samples])
+    return grid([tile(image, caption_text(captions), size, font, crop) for image, captions, crop in samples])

@@ -4,6 +4,7 @@ pre-encoded once into a cache, and drawn by a resumable sampler (one bucket per 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from amused_lightning.data.sampler import ResumableSampler
 from amused_lightning.data.sources.base import DataSource, Split
 from amused_lightning.model.encoding import pixels_per_token
 
+log = logging.getLogger(__name__)
+
 
 class RowsPipeline(Pipeline):
     """The DataModule's data from a `DataSource`."""
@@ -33,6 +36,7 @@ class RowsPipeline(Pipeline):
         self._layout: RowLayout | None = None  # the training rows in their buckets
         self._sampler: ResumableSampler | None = None
         self._resume: tuple[int, int] | None = None
+        self._token_caches: tuple[TokenCache | None, TokenCache | None] | None = None  # found or built once
 
     def prepare(self, processes: Processes) -> None:
         # One process per machine encodes the cache; the others read it in `datasets`.
@@ -69,7 +73,7 @@ class RowsPipeline(Pipeline):
 
     def _caches(self, processes: Processes, build: bool) -> tuple[TokenCache | None, TokenCache | None]:
         """The training and held-out caches, built if absent and `build`; None when caching is off or would change
-        training (then the held-out rows are not cached either)."""
+        training (then the held-out rows are not cached either). Found once per data module, and said once."""
         hp = self.hparams
         if self._split is None:
             self._split = self._checked_split(processes)
@@ -77,7 +81,17 @@ class RowsPipeline(Pipeline):
                                            pixels_per_token(self.encoders.vqvae.config), self.bucket_grids())
         if hp.cache == "off":
             return None, None
-        builder, split = self._cache_builder(processes), self._split
+        if self._token_caches is None:
+            builder = self._cache_builder(processes)
+            self._token_caches = self._find_caches(builder, processes, build)
+            if builder.reused:
+                log.info("reusing the pre-encoded cache %s", " and ".join(str(folder) for folder in builder.reused))
+        return self._token_caches
+
+    def _find_caches(self, builder: CacheBuilder, processes: Processes,
+                     build: bool) -> tuple[TokenCache | None, TokenCache | None]:
+        """The training and held-out caches, built first if absent and `build`."""
+        hp, split = self.hparams, self._split
         train = builder.get(self.cache_spec(self.source, split.train_rows, hp.center_crop, hp.random_flip,
                                             hp.cache_crops, processes.precision, self.bucket_grids()), self.source,
                             sorted(set(split.train_rows)), exact_only=hp.cache == "auto", build=build,

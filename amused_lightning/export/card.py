@@ -23,6 +23,7 @@ from amused_lightning.run.folder import ValidationGrid
 CARD_NAME = "README.md"
 SAMPLES_NAME = "samples.png"
 NOT_RECORDED = "not recorded"
+SCHEDULES_WITHOUT_WARMUP = ("constant",)  # model.lr_schedule names whose schedule ignores warmup_steps
 
 
 @dataclass
@@ -142,6 +143,13 @@ def weights_text(facts: CardFacts) -> str:
     return f"{which}, adapters in `{LORA_WEIGHT_NAME}` for the base `{facts.spec.pretrained}` (not copied here)"
 
 
+def schedule_text(name: str | None, warmup_steps: int | None) -> str:
+    """`cosine schedule, 5 warmup steps`; a schedule that has no warmup (constant) says none."""
+    if name in SCHEDULES_WITHOUT_WARMUP:
+        return f"{name} schedule (no warmup)"
+    return f"{name} schedule, {warmup_steps} warmup steps"
+
+
 def optimizer_text(facts: CardFacts) -> str:
     """The optimizer class, peak learning rate, weight decay and schedule."""
     run, schedule = facts.run, settings_group(facts.hparams, "lr_schedule")
@@ -151,7 +159,7 @@ def optimizer_text(facts: CardFacts) -> str:
     if run.get("weight_decay") is not None:
         parts.append(f"weight decay {run['weight_decay']:g}")
     if schedule:
-        parts.append(f"{schedule.get('name')} schedule, {schedule.get('warmup_steps')} warmup steps")
+        parts.append(schedule_text(schedule.get("name"), schedule.get("warmup_steps")))
     return ", ".join(parts)
 
 

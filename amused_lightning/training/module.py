@@ -116,6 +116,7 @@ class AmusedModule(L.LightningModule):
         self._empty_prompt: tuple[torch.Tensor, torch.Tensor] | None = None
         self._configured_groups: list[dict[str, Any]] = []
         self._saved_optimizer: str | None = None  # the optimizer class of the checkpoint a fit resumes
+        self._loaded_step: int | None = None  # the optimizer step of the checkpoint loaded last
         self.train()  # frozen parts in eval mode from the start, so the model summary shows what trains
 
     def _apply_memory_levers(self) -> None:
@@ -202,10 +203,17 @@ class AmusedModule(L.LightningModule):
         # self.log (logger off) feeds the progress bar and callbacks such as ModelCheckpoint(monitor="val/loss").
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             for logger in self.loggers:
-                logger.log_metrics({k: v.item() for k, v in scores.items()}, step=self.global_step)
+                logger.log_metrics({k: v.item() for k, v in scores.items()}, step=self.weights_step)
         self.log("val/loss", scores.pop("val/loss"), prog_bar=True, logger=False)
         self.log_dict(scores, logger=False)
         self.last_validated_step = self.global_step
+
+    @property
+    def weights_step(self) -> int:
+        """The optimizer steps behind the weights: the fit's step, or that of the checkpoint a `validate` loaded
+        (whose own step counter starts at 0)."""
+        validating_a_file = self.trainer.state.fn == "validate" and self.trainer.ckpt_path is not None
+        return self._loaded_step if validating_a_file and self._loaded_step is not None else self.global_step
 
     def _micro_batch_generator(self, batch_idx: int) -> torch.Generator:
         slot = micro_batch_slot(batch_idx % self.trainer.accumulate_grad_batches, self.global_rank,
@@ -265,7 +273,7 @@ class AmusedModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         run = RunCheckpoint.of(checkpoint)
-        self._saved_optimizer = run.optimizer
+        self._saved_optimizer, self._loaded_step = run.optimizer, checkpoint.get("global_step")
         missing = self.model.trained_keys() - set(run.trained)
         if missing:
             raise SettingError(f"the checkpoint lacks {len(missing)} trained weights of this model (for example "

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 # ckpt_path values Lightning resolves itself rather than reading a file.
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+VALIDATE_VERSION = "validate"  # the TensorBoard run of `validate`
 
 
 def run_logger(folder: RunFolder, resuming: bool) -> TensorBoardLogger:
@@ -26,6 +27,12 @@ def run_logger(folder: RunFolder, resuming: bool) -> TensorBoardLogger:
     latest = folder.latest_log_version()
     version = latest if resuming and latest is not None else None
     return TensorBoardLogger(save_dir=str(folder.root), name=LOGS, version=version)
+
+
+def validate_logger(folder: RunFolder) -> TensorBoardLogger:
+    """TensorBoard for `validate`: a run of its own (`lightning_logs/validate`), at the checkpoints' steps, which a
+    resumed fit never continues in (it takes the newest `version_N`)."""
+    return TensorBoardLogger(save_dir=str(folder.root), name=LOGS, version=VALIDATE_VERSION)
 
 
 def check_ckpt_path(ckpt_path: str | None) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from amused_lightning.__main__ import main
-from amused_lightning.callbacks.guard import NonFiniteGuard, SkipCounter, skips_on_device
+from amused_lightning.callbacks.guard import NonFiniteGuard, SkipCounter, skips_on_device, where_to_continue
 from amused_lightning.errors import NonFiniteError
 from amused_lightning.training import module
 
@@ -34,9 +34,19 @@ def test_a_nan_loss_stops_before_the_update(tmp_path, toy_dataset, capsys):
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 1
     assert error.startswith("error: optimizer step 2: the loss is nan; training stopped before the update"), error
+    assert f"(the last good checkpoint is in {(tmp_path / 'checkpoints').resolve()}): " in error
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt", "step=1.ckpt"]
     assert finite_checkpoint(tmp_path / "checkpoints" / "last.ckpt") == 1
     assert not (tmp_path / "export").exists() and not (tmp_path / "validation").exists()
+
+
+def test_the_error_says_when_no_checkpoint_was_written_yet(tmp_path):
+    folder = tmp_path / "checkpoints"
+    assert where_to_continue(folder).startswith(f"(no checkpoint was written yet in {folder}): ")
+    assert where_to_continue(folder).endswith("then start the run again")
+    folder.mkdir()
+    (folder / "step=2.ckpt").touch()
+    assert where_to_continue(folder).startswith(f"(the last good checkpoint is in {folder}): ")
 
 
 def test_the_run_resumes_from_the_last_good_checkpoint(tmp_path, toy_dataset, capsys, monkeypatch, caplog):

@@ -107,7 +107,7 @@ def validation_end(callback: ValidationImages, loggers: list, tmp_path: Path) ->
     model = SimpleNamespace(generate_pixels=lambda *args, **kwargs: pixels, spec=SimpleNamespace(seed=0))
     validation = SimpleNamespace(prompts=PROMPTS, generation=None, start_images=lambda: None)
     module = SimpleNamespace(model=model, validation=validation, memory=SimpleNamespace(decode_chunk_size=1),
-                             image_metrics=[])
+                             image_metrics=[], weights_step=7)
     callback.on_validation_epoch_end(trainer, module)
 
 

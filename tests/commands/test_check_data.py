@@ -44,12 +44,26 @@ def test_report_numbers_and_preview(config, tmp_path, capsys):
     assert "1 over 77, cut to 77 in training" in out
     assert "under 32 px (upscaled)" in out and "  4:3 " in out and "  1:2 " in out
     preview = tmp_path / "run" / "data-check.png"
-    assert f"wrote {preview} (3 samples" in out
+    assert f"wrote {preview}: 3 samples with their captions, as the square training crop" in out
     with Image.open(preview) as grid:
         assert grid.width > 3 * 128 and grid.height > 128  # three tiles of 128 px (32 px images, upscaled)
+    check_data(["--config", str(config), "--samples", "3"])  # its own preview is no reason to refuse a second run
+    assert f"wrote {preview} (replacing the previous one): 3 samples" in capsys.readouterr().out
 
 
-def test_overrides_are_fits_and_an_existing_preview_is_kept(config, tmp_path, capsys):
+def test_the_preview_shows_the_bucket_crops(config, tmp_path, capsys):
+    check_data(["--config", str(config), "--data.source.init_args.path", str(tmp_path / "images" / "sub"),
+                "--data.val_samples", "1", "--data.aspect_buckets", "{}", "--samples", "2"])
+    assert "as their aspect-ratio buckets' crops" in capsys.readouterr().out
+    with Image.open(tmp_path / "run" / "data-check.png") as grid:
+        pixels = grid.convert("RGB")
+    blue, green = pixels.getpixel((4 + 64, 4 + 64)), pixels.getpixel((4 + 132 + 64, 4 + 64))
+    assert blue == (0, 0, 255) and green == (0, 128, 0)
+    # The portrait (1:2) image fills its tile's height but not its width, as its bucket's crop does.
+    assert pixels.getpixel((4 + 132 + 2, 4 + 64)) == (255, 255, 255) and pixels.getpixel((4 + 2, 4 + 64)) == blue
+
+
+def test_overrides_are_fits_and_an_existing_preview_file_is_kept(config, tmp_path, capsys):
     preview = tmp_path / "mine.png"
     preview.write_bytes(b"keep me")
     with pytest.raises(SystemExit) as exit_info:

@@ -10,7 +10,7 @@ import pytest
 
 from amused_lightning.__main__ import main
 from amused_lightning.commands.console import Console, take_switches
-from amused_lightning.progress import Printer, progress_line
+from amused_lightning.progress import PartsSummary, Printer, RunningMean, progress_line
 from amused_lightning.quiet import silence_harmless_messages
 from amused_lightning.training.module import AmusedModule
 
@@ -84,6 +84,24 @@ def test_progress_lines_count_optimizer_steps():
                                               "step 120/300  loss 2.9130  1.50 steps/s  2:00 left"]
 
 
+def test_the_progress_line_shows_a_running_mean_of_the_loss():
+    mean = RunningMean(window=3)
+    assert mean.text("loss") == ""
+    for value in (1.0, 2.0, 3.0, 6.0):
+        mean.add(value)
+    assert mean.text("loss") == "loss 3.6667 (3-step mean)"
+
+
+def test_the_model_summary_has_no_column_of_zero_flops(caplog):
+    columns = [(" ", ["0"]), ("Name", ["model"]), ("Type", ["AmusedModel"]), ("Params", ["1.2 M"]),
+               ("Mode", ["train"]), ("FLOPs", ["0"])]
+    with caplog.at_level(logging.INFO, logger="amused_lightning"):
+        PartsSummary.summarize(columns, 1_200_000, 300_000, 4.8, {"train": 3, "eval": 9}, 0)
+    (table,) = caplog.messages
+    assert "AmusedModel" in table and "Trainable params" in table
+    assert "FLOPs" not in table and "Flops" not in table
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, toy_dataset):
     """A finished 2-step full-finetuning run with its export, driven through the command table with progress on."""
@@ -98,7 +116,7 @@ def test_fit_shows_steps_and_resume_appends_to_the_run(finished_run, toy_dataset
     root = finished_run.parent / "progress-run"
     main(tiny_fit(root, toy_dataset, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"))
     err = capsys.readouterr().err
-    assert "step 1/2  loss " in err and "step 2/2  loss " in err, err
+    assert "step 1/2  loss " in err and "step 2/2  loss " in err and " (2-step mean)" in err, err
     export = finished_run / "export" / "model_index.json"
     stamp, validated = export.stat().st_mtime_ns, scalars(finished_run, "val/loss")
     resume = ("--checkpoint.every_n_train_steps", "1", "--ckpt_path", "last")

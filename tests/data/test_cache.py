@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 from PIL import Image
@@ -24,6 +26,22 @@ def counting_encoders(monkeypatch):
 
     monkeypatch.setattr(CacheBuilder, "encode", counted)
     return calls
+
+
+def test_reusing_the_cache_is_said_once(tmp_path, toy_dataset, caplog):
+    def said_reusing() -> list[str]:
+        """The reuse messages of a run's data: prepared, set up for the fit, prepared again for its validation."""
+        caplog.clear()
+        datamodule = connected(HFDataset(str(toy_dataset)), resolution=32, cache_dir=str(tmp_path))
+        with caplog.at_level(logging.INFO, logger="amused_lightning"):
+            datamodule.prepare_data()
+            datamodule.setup("fit")
+            datamodule.prepare_data()
+        return [message for message in caplog.messages if message.startswith("reusing the pre-encoded cache")]
+
+    assert said_reusing() == [], "a cache just built is not announced as reused"
+    (line,) = said_reusing()
+    assert line.count(str(tmp_path)) == 2, "one line names the training and the held-out cache"
 
 
 def test_cache_is_reused_and_rebuilt_when_settings_change(tmp_path, toy_dataset, counting_encoders):

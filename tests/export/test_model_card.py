@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard
 
 from amused_lightning.callbacks.final_export import FinalExport
 from amused_lightning.commands.export import main as export_main
-from amused_lightning.export.card import CARD_NAME, SAMPLES_NAME, CardFacts, metadata
+from amused_lightning.export.card import CARD_NAME, SAMPLES_NAME, CardFacts, metadata, schedule_text
 from amused_lightning.export.hub import HubError, push_export
 from amused_lightning.export.pipeline import export_files
 from amused_lightning.model.components import load_components
@@ -62,6 +62,11 @@ def test_the_card_of_a_full_export(full_checkpoint, tmp_path):
         assert fact in text, fact
     assert "load_lora_adapter" not in text and "No validation images" in text
     assert not (tmp_path / SAMPLES_NAME).exists()
+
+
+def test_a_schedule_without_warmup_reports_none():
+    assert schedule_text("constant", 500) == "constant schedule (no warmup)"
+    assert schedule_text("constant_with_warmup", 500) == "constant_with_warmup schedule, 500 warmup steps"
 
 
 def test_a_hub_base_model_is_linked_with_its_license(full_checkpoint):

@@ -1,0 +1,82 @@
+"""CPU threads that a busy machine does not make collapse: as many torch threads as there are cores the other work
+leaves free (at least one), threads that sleep rather than spin while they wait for each other, and one line saying
+what was chosen. OMP_NUM_THREADS, when set, wins."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from functools import cache
+
+log = logging.getLogger(__name__)
+
+THREADS_ENV = "OMP_NUM_THREADS"
+# Read by the OpenMP runtime when torch loads (GNU's, and Intel's KMP_BLOCKTIME): waiting threads sleep at once
+# instead of spinning, so they do not take the cores the thread they wait for needs.
+PASSIVE_WAITING = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The torch threads of a CPU run, or None where OMP_NUM_THREADS decides, and why."""
+
+    threads: int | None
+    line: str
+
+
+def choose_threads(cores: int, load: float | None, env: Mapping[str, str]) -> ThreadChoice:
+    """One torch thread per core that the load average (the other work, as a process starts) leaves free, at least
+    one, at most `cores`; the user's OMP_NUM_THREADS as it is."""
+    given = env.get(THREADS_ENV, "").strip()
+    if given:
+        return ThreadChoice(None, f"CPU: torch threads as {THREADS_ENV}={given} sets them")
+    free = cores if load is None else int(cores - load + 0.5)
+    threads = max(1, min(cores, free))
+    measured = "load not known" if load is None else f"load {load:.1f}"
+    return ThreadChoice(threads, f"CPU: {threads} torch thread{'s' * (threads > 1)} ({cores} cores, {measured}); "
+                                 f"set {THREADS_ENV} to override")
+
+
+def wait_passively(env: MutableMapping[str, str]) -> None:
+    """Ask the OpenMP runtime for sleeping waits, unless the user chose a policy; only has effect before torch loads."""
+    for name, value in PASSIVE_WAITING.items():
+        env.setdefault(name, value)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which containers and job schedulers set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
+
+
+def load_average() -> float | None:
+    """The one-minute load average, where the platform has one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+@cache
+def torch_default_threads() -> int:
+    """torch's own thread count (its physical cores), read before this module first changes it."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def set_cpu_threads() -> ThreadChoice | None:
+    """On a machine without CUDA: torch's threads as `choose_threads` says, and its line logged."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    choice = choose_threads(min(usable_cores(), torch_default_threads()), load_average(), os.environ)
+    if choice.threads is not None:
+        torch.set_num_threads(choice.threads)
+    log.info(choice.line)
+    return choice

@@ -1,0 +1,48 @@
+"""CPU threads: one per core the other work leaves free, OMP_NUM_THREADS as the user set it, waits that sleep."""
+
+from __future__ import annotations
+
+import pytest
+
+from amused_lightning.threads import choose_threads, wait_passively
+
+
+@pytest.mark.parametrize(("cores", "load", "threads"), [
+    (2, 0.1, 2), (2, 0.6, 1), (2, 5.3, 1), (8, 3.2, 5), (8, 0.0, 8), (4, None, 4), (4, 40.0, 1),
+])
+def test_threads_are_the_cores_the_load_leaves_free(cores, load, threads):
+    assert choose_threads(cores, load, {}).threads == threads
+
+
+def test_the_line_says_what_was_chosen_and_how_to_override_it():
+    assert choose_threads(2, 5.3, {}).line == ("CPU: 1 torch thread (2 cores, load 5.3); set OMP_NUM_THREADS to "
+                                               "override")
+    assert choose_threads(8, 0.0, {}).line.startswith("CPU: 8 torch threads (8 cores, load 0.0)")
+
+
+def test_omp_num_threads_wins():
+    choice = choose_threads(2, 5.3, {"OMP_NUM_THREADS": "2"})
+    assert choice.threads is None and choice.line == "CPU: torch threads as OMP_NUM_THREADS=2 sets them"
+
+
+def test_waits_sleep_unless_the_user_chose_a_policy():
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    wait_passively(env)
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": "0"}
+
+
+def test_a_cpu_command_sets_torch_threads_and_says_so(monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    from amused_lightning import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "load_average", lambda: 5.3)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="amused_lightning"):
+        threads.set_cpu_threads()
+    assert torch.get_num_threads() == 1
+    assert caplog.messages == ["CPU: 1 torch thread (2 cores, load 5.3); set OMP_NUM_THREADS to override"]
