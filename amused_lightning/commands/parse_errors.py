@@ -16,6 +16,7 @@ NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
 CLASS_PATH = re.compile(r"class_path[= ]'([^']+)'")
 DOT_PATH = re.compile(r"Expected a dot import path string: (\S+)")
 SUBTYPE = re.compile(r"<class '([^']+)'>")
+NOT_EXPECTED = re.compile(r"does not accept option '([^']+)'")
 REQUIRED = re.compile(r"arguments are required: (\S+)")
 # Names other trainers use for our settings: a suggestion difflib alone would not make ("rank" is far from "r").
 ALIASES = {"rank": "r", "lora_rank": "r", "network_dim": "r", "lora_alpha": "alpha", "network_alpha": "alpha",
@@ -98,13 +99,27 @@ def unknown_option(message: str, options: dict[str, bool], given: list[str]) -> 
     unknown = next((flag for flag in given if not known_flag(flag, options)), None)
     if unknown is None:
         return None
-    last = unknown.rsplit(".", 1)[-1]
-    group = unknown.rpartition(".")[0] + "."
+    found = nearest_flags(unknown, options)
+    return f"{unknown} is no setting" + (f"; did you mean {' or '.join(found)}?" if found else "")
+
+
+def unknown_key(message: str, options: dict[str, bool]) -> str | None:
+    """`batchsize:` under `data:` in a config file: a key no setting has, with the nearest that exist."""
+    found = NOT_EXPECTED.search(message)
+    if found is None:
+        return None
+    near = [flag.removeprefix("--") for flag in nearest_flags(f"--{found.group(1)}", options)]
+    return f"{found.group(1)} is no setting" + (f"; did you mean {' or '.join(near)}?" if near else "")
+
+
+def nearest_flags(unknown: str, options: dict[str, bool]) -> list[str]:
+    """The two options nearest `unknown`: a setting inside a class it names by its last part, else the closest in
+    its own group, else the closest anywhere."""
+    last, group = unknown.rsplit(".", 1)[-1], unknown.rpartition(".")[0] + "."
     leaves = [flag for flag in options if not any(other.startswith(flag + ".") for other in options)]
     inside = [INSIDE[last]] if last in INSIDE else []
     found = inside or nearest(unknown, [flag for flag in leaves if flag.startswith(group)]) or nearest(unknown, leaves)
-    hint = f"; did you mean {' or '.join(found[:2])}?" if found else ""
-    return f"{unknown} is no setting{hint}"
+    return found[:2]
 
 
 def known_flag(flag: str, options: dict[str, bool]) -> bool:
@@ -153,7 +168,7 @@ def explain(message: str, options: dict[str, bool], given: list[str]) -> str:
     message = " ".join(message.split())
     explainers: list[Callable[[], str | None]] = [
         lambda: missing_required(message, options, given), lambda: unknown_option(message, options, given),
-        lambda: unaccepted_option(message), lambda: unknown_class(message), lambda: union_reason(message)]
+        lambda: unknown_key(message, options), lambda: unaccepted_option(message), lambda: unknown_class(message), lambda: union_reason(message)]
     return next((line for line in (explainer() for explainer in explainers) if line), message)
 
 

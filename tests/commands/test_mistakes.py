@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from amused_lightning.__main__ import main
 from amused_lightning.commands.fit import cli_main
@@ -55,6 +56,17 @@ def test_a_mistake_is_one_line_with_the_nearest_valid_names(args, expected, caps
     line = error_line(capsys, *QUICKSTART, "--trainer.default_root_dir", str(tmp_path), *args)
     assert expected in line
     assert "Traceback" not in line and "Given value" not in line
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"data": {"batchsize": 4}}, "data.batchsize is no setting; did you mean data.batch_size"),
+    ({"model": {"lr": 1e-4}}, "model.lr is no setting; did you mean model.optimizer.init_args.lr?"),
+    ({"model": {"lora": {"rank": 8}}}, "model.lora.rank is no setting of LoraSettings; did you mean r?"),
+])
+def test_a_misspelled_key_in_a_config_file_gets_the_nearest_valid_names(settings, expected, capsys, tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    assert expected in error_line(capsys, *QUICKSTART, "--config", str(config))
 
 
 def test_a_missing_base_model_is_refused_with_every_choice(capsys, tmp_path):
