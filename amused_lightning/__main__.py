@@ -66,7 +66,17 @@ def run(command: str, argv: list[str], console: Console) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    console, argv = take_switches(sys.argv[1:] if argv is None else argv)
+    try:
+        run_command_line(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:
+        # The reader left early (`--help | head`): nothing more to say, and nowhere to say it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+
+
+def run_command_line(argv: list[str]) -> None:
+    """The command table's answer to `argv`."""
+    console, argv = take_switches(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return

@@ -13,13 +13,14 @@ Every argument other than those below is fit's, parsed as fit parses it: --confi
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from amused_lightning.errors import ExistingOutputError
 
 if TYPE_CHECKING:
-    from amused_lightning.data import AmusedDataModule, DataSource
+    from amused_lightning.data import AmusedDataModule, DataSource, Mixture
     from amused_lightning.data.buckets import RowLayout
     from amused_lightning.data.report import DataReport
 
@@ -62,13 +63,14 @@ def fit_settings(argv: list[str]):
 
 
 def data_module(settings) -> AmusedDataModule:
-    """The DataModule the `data:` settings describe, as fit builds it."""
-    from lightning.pytorch.cli import instantiate_class
+    """The DataModule the `data:` settings describe, built as fit builds it (a Mixture's sources included)."""
+    from jsonargparse import ArgumentParser
 
     from amused_lightning.data import AmusedDataModule
 
-    data = settings.data.as_dict()
-    return AmusedDataModule(instantiate_class((), data.pop("source")), **data)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(AmusedDataModule, "data")
+    return parser.instantiate_classes(parser.parse_object({"data": settings.data.as_dict()})).data
 
 
 def preview_path(args: argparse.Namespace, settings) -> Path:
@@ -122,9 +124,23 @@ def rows_to_check(datamodule: AmusedDataModule, records: int) -> DataSource:
     return rows
 
 
+def mixture_lines(mixture: Mixture, train_rows: list[int]) -> list[str]:
+    """Each source of a mixture: its rows, usable rows, repeat count and draws per epoch."""
+    draws = Counter(mixture.locate(row)[0] for row in train_rows)
+    lines = []
+    for index, (source, repeats) in enumerate(zip(mixture.sources, mixture.repeats)):
+        rows = mixture.source_rows(index)
+        usable = sum(row not in mixture.bad_rows for row in rows)
+        named = f" {getattr(source, 'path', '')!r}" if hasattr(source, "path") else ""
+        lines.append(f"data.source.sources[{index}] {type(source).__name__}{named}: {len(rows)} rows, {usable} usable, "
+                     f"repeats {repeats}: {draws[index]} training draws an epoch")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> DataReport:
     args, rest = parse(argv)
     # torch, Lightning and datasets load only once the arguments are known good: `--help` stays instant.
+    from amused_lightning.data import Mixture
     from amused_lightning.data.report import format_buckets, format_report, scan_source
     from amused_lightning.model.components import load_tokenizer
 
@@ -139,6 +155,8 @@ def main(argv: list[str] | None = None) -> DataReport:
     buckets = training_buckets(datamodule, source, settings, report, split.train_rows)
     lines = None if buckets is None else format_buckets(buckets, datamodule.buckets.max_ratio)
     print(format_report(report, hp.resolution, hp.on_bad_image, lines))
+    if isinstance(source, Mixture):
+        print("\n".join(mixture_lines(source, split.train_rows)))
     if path is not None:
         usable, replaced = report.total - len(report.skipped), " (replacing the previous one)" * path.exists()
         write_preview(source, hp.resolution, args.samples, path, None if buckets is None else buckets.size_of())

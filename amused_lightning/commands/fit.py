@@ -3,12 +3,14 @@ and export callbacks, running the whole of a fit (`training.fit`); `validate` pa
 
 from __future__ import annotations
 
+import sys
+from argparse import ArgumentError
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from amused_lightning.callbacks.checkpoint_lora import LoraCheckpoint
 from amused_lightning.callbacks.ema import EMA
@@ -18,9 +20,11 @@ from amused_lightning.callbacks.placement import FrozenPlacement
 from amused_lightning.callbacks.preemption import Preemption
 from amused_lightning.callbacks.throughput import Throughput
 from amused_lightning.callbacks.validation_images import ValidationImages
+from amused_lightning.commands.early_checks import check_optimizer, check_resolution, restart_switched_class
+from amused_lightning.commands.parse_errors import explain, given_flags, option_flags, user_error_within
 from amused_lightning.commands.trainer_checks import check_trainer_settings
 from amused_lightning.data import AmusedDataModule
-from amused_lightning.errors import SettingError
+from amused_lightning.errors import SettingError, user_error_types
 from amused_lightning.progress import PartsSummary, StepProgress, held_out_table, scores_table
 from amused_lightning.run.folder import RunFolder
 from amused_lightning.run.lock import RunLock, is_first_process, lock_run_folder
@@ -112,9 +116,31 @@ class AmusedCLI(LightningCLI):
         parser.link_arguments("seed_everything", "model.seed")
         parser.link_arguments("seed_everything", "data.seed")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse; a mistake becomes one line naming the setting (and the nearest valid names), and a data source
+        class switched on the command line does not keep the config's other class's settings."""
+        args = [str(arg) for arg in (sys.argv[1:] if args is None else args)]
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            raise ArgumentError(None, explain(str(error), option_flags(parser, args), given_flags(args))) from None
+        restart_switched_class(self.config.get(self.config.get("subcommand")) or self.config, args, "data.source")
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as error:  # a constructor's own refusal, wrapped by the parser: say only that
+            ours = user_error_within(error, user_error_types())
+            if ours is None or ours is error:
+                raise
+            raise ours from None
+
     def before_instantiate_classes(self) -> None:
         check_trainer_settings(self._get(self.config, "trainer"))
         set_cpu_threads()  # before the model loads: loading computes too
+        model, data = self._get(self.config, "model"), self._get(self.config, "data")
+        check_optimizer(model.get("optimizer"))
+        check_resolution(data.get("resolution"), model.get("pretrained"), model.get("revision"))
         # A process-wide switch, so it belongs to the entry point rather than to the model.
         if self._get(self.config, "allow_tf32"):  # _get: also without a subcommand (cli_main(run=False))
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

@@ -7,10 +7,11 @@ from amused_lightning.data.sources import (
     HFDataset,
     HFStream,
     ImageFolder,
+    Mixture,
     SingleImage,
     StreamSource,
     WebDataset,
 )
 
-__all__ = ["AmusedDataModule", "DataSource", "DataSourceError", "HFDataset", "HFStream", "ImageFolder", "SingleImage",
-           "StreamSource", "WebDataset"]
+__all__ = ["AmusedDataModule", "DataSource", "DataSourceError", "HFDataset", "HFStream", "ImageFolder", "Mixture",
+           "SingleImage", "StreamSource", "WebDataset"]

@@ -35,6 +35,19 @@ def pipeline_for(source: DataSource | StreamSource) -> type[Pipeline]:
     return pipeline
 
 
+def resolution_error(resolution: int, factor: int, multiple: int, model: str) -> str | None:
+    """Why `resolution` cannot be the side of a training crop for a model whose VQ downscale factor is `factor` and
+    whose token grid sides are multiples of `multiple`, with the nearest sides that can; None when it can."""
+    step = factor * multiple
+    if resolution < 1 or resolution % step == 0:
+        return None
+    below, above = resolution // step * step, (resolution // step + 1) * step
+    halved = f" times {multiple}, the transformer's downsampling" if multiple > 1 else ""
+    nearest = f"{below} or {above}" if below else str(above)
+    return (f"data.resolution={resolution} is not a multiple of {step} (the VQ downscale factor {factor}{halved}) of "
+            f"the model {model}: try {nearest}")
+
+
 class AmusedDataModule(L.LightningDataModule):
     """Training images with prompts from `source`; call `connect` with the model's encoders before use."""
 
@@ -119,11 +132,10 @@ class AmusedDataModule(L.LightningDataModule):
     def connect(self, encoders: FrozenEncoders) -> None:
         """Receive the model's tokenizer and frozen encoders: the cache is encoded with them and keyed by their
         identity; prompts are tokenized with the tokenizer."""
-        factor, multiple = pixels_per_token(encoders.vqvae.config), encoders.token_grid_multiple
-        if self.hparams.resolution % (factor * multiple):
-            halved = f" times {multiple}, the transformer's downsampling" if multiple > 1 else ""
-            raise DataSourceError(f"data.resolution={self.hparams.resolution} is not a multiple of the VQ "
-                                  f"downscale factor {factor}{halved} of the model ({encoders.identity})")
+        problem = resolution_error(self.hparams.resolution, pixels_per_token(encoders.vqvae.config),
+                                   encoders.token_grid_multiple, encoders.name)
+        if problem:
+            raise DataSourceError(problem)
         self.pipeline.encoders = encoders
 
     def _check_connected(self) -> None:

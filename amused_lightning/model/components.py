@@ -157,6 +157,18 @@ def _load(load, pretrained: str, subfolder: str, **kwargs):
         raise ComponentLoadError(
             f"model.pretrained={pretrained!r} is no local folder (no such path) and {subfolder}/ could not be loaded "
             f"from the Hugging Face Hub, which is unreachable or does not have it. Download the pipeline elsewhere "
-            f"(`huggingface-cli download {pretrained} --local-dir <folder>`) and pass model.pretrained=<folder>, "
-            f"or use a preset ({', '.join(PRESETS)}). Cause: {error}"
+            f"(`hf download {pretrained} --local-dir <folder>`) and pass model.pretrained=<folder>, or choose "
+            f"{local_choices()}. Cause: {error}"
         ) from error
+
+
+def local_choices() -> str:
+    """The base models that load without a download, as an error lists them."""
+    embedded = ", ".join(f"`{name}` (embedded in the package)" for name in EMBEDDED)
+    return f"{embedded}, or a random-weight preset for tests, which has learned nothing ({', '.join(PRESETS)})"
+
+
+def missing_model_message() -> str:
+    """What to say when no base model is named."""
+    return ("model.pretrained is not set: name the base model to finetune, as a hub id (amused/amused-256, "
+            f"amused/amused-512), a local diffusers pipeline folder, {local_choices()}")

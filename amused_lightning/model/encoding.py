@@ -25,6 +25,12 @@ class FrozenEncoders:
     token_grid_multiple: int = 1
     """What the sides of a token grid must be multiples of (see `token_grid_multiple`)."""
 
+    @property
+    def name(self) -> str:
+        """The base model as a message names it (preset, hub id or folder), not its whole cache key."""
+        kind, _, rest = self.identity.partition(":")
+        return repr(rest.split("@")[0] if kind == "hub" else rest.split(":")[0])
+
 
 def pixels_per_token(vq_config) -> int:
     """How many pixels one image token spans per side: each VQ encoder level after the first halves the image."""

@@ -16,7 +16,7 @@ from amused_lightning.settings import as_settings
 class ModelSpec:
     """The base model (hub id, folder or preset, with its revision, variant and preset seed) and how it trains."""
 
-    pretrained: str = "tiny"
+    pretrained: str
     revision: str | None = None
     variant: str | None = None
     seed: int = 0

@@ -59,7 +59,7 @@ class AmusedModule(L.LightningModule):
 
     def __init__(
         self,
-        pretrained: str = "tiny",
+        pretrained: str,
         revision: str | None = None,
         variant: str | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -75,8 +75,9 @@ class AmusedModule(L.LightningModule):
     ):
         """
         Args:
-            pretrained: Hub id (amused/amused-256), local pipeline folder, or preset (tiny, amused-256-arch,
-                amused-512-arch: random weights, no download).
+            pretrained: The base model, required: a hub id (amused/amused-256), a local diffusers pipeline
+                folder, `toy` (the embedded toy-world model), or a random-weight preset for tests (tiny,
+                amused-256-arch, amused-512-arch: no download, nothing learned).
             revision: Hub revision (branch, tag or commit) of `pretrained`.
             variant: Weight file variant of `pretrained`, for example "fp16".
             optimizer: Optimizer class and arguments; applied to two groups, biases/norms/embeddings without decay.

@@ -40,7 +40,7 @@ def test_frozen_parts_are_off_the_device_during_steps(tmp_path, toy_dataset):
             seen.append((pl_module.model.vqvae.encoder.conv_in.weight.device.type,
                          pl_module.model.text_encoder.text_model.embeddings.token_embedding.weight.device.type))
 
-    module = AmusedModule()
+    module = AmusedModule("tiny")
     datamodule = AmusedDataModule(HFDataset(str(toy_dataset)), resolution=32, batch_size=4, cache_dir=str(tmp_path))
     datamodule.connect(module.model.frozen_encoders())
     trainer = L.Trainer(accelerator="gpu", devices=1, precision="16-mixed", max_steps=2, logger=False,

@@ -14,10 +14,11 @@ RECIPES = sorted(path.stem for path in CONFIGS.glob("*.yaml") if path.stem != "q
 
 @pytest.mark.parametrize("configs", [["--config", str(CONFIGS / "quickstart.yaml")], *map(recipe_configs, RECIPES)],
                          ids=["quickstart", *RECIPES])
-def test_every_shipped_config_parses(configs):
+def test_every_shipped_config_parses_and_names_its_base_model(configs, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", *configs, "--print_config"])
     assert exit_info.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["pretrained"], "model.pretrained is required"
 
 
 def test_every_base_config_is_used_by_a_recipe():

@@ -33,7 +33,8 @@ def test_help_is_instant_and_a_parse_error_is_one_line():
     result = command("fit", "--trainer.max_stepz", "3")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        "error: unrecognized arguments: --trainer.max_stepz 3 (see `python -m amused_lightning fit --help`)"]
+        "error: --trainer.max_stepz is no setting; did you mean --trainer.max_steps or --trainer.max_time? "
+        "(see `python -m amused_lightning fit --help`)"]
 
 
 def test_user_mistakes_end_with_one_line(tmp_path, toy_dataset, capsys):
@@ -69,7 +70,7 @@ def test_harmless_messages_are_dropped_by_their_text_only(caplog):
 
 
 def test_frozen_parts_are_in_eval_mode_from_the_start():
-    module = AmusedModule()
+    module = AmusedModule("tiny")
     model = module.model
     assert model.transformer.training and not model.vqvae.training and not model.text_encoder.training
 

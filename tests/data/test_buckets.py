@@ -182,8 +182,9 @@ def test_cached_buckets_hold_the_tokens_of_the_live_crops(folder, tmp_path):
 
 def test_resolution_must_suit_a_transformer_that_halves_its_grid(folder):
     datamodule = AmusedDataModule(ImageFolder(str(folder)), resolution=36)
-    with pytest.raises(DataSourceError, match="data.resolution=36 is not a multiple of the VQ downscale factor 4 "
-                                              "times 2, the transformer's downsampling"):
+    with pytest.raises(DataSourceError, match="data.resolution=36 is not a multiple of 8 [(]the VQ downscale "
+                                              "factor 4 times 2, the transformer's downsampling[)] of the model "
+                                              "'tiny': try 32 or 40"):
         datamodule.connect(dataclasses.replace(tiny_encoders(), token_grid_multiple=2))
 
 

@@ -51,6 +51,15 @@ def test_caption_file_then_metadata_then_file_name_in_subfolders(folder):
     assert captions["d.png"].lines == ("first line", "second line", "third line")
 
 
+def test_a_caption_extension_without_its_dot_is_read_with_it(folder, caplog):
+    (folder / "b.caption").write_text("a blue caption\n")
+    caplog.set_level("INFO", "amused_lightning")
+    source = ImageFolder(str(folder), caption_extension="caption")
+    assert source.caption_extension == ".caption"
+    assert by_name(source)["b.png"].lines == ("a blue caption",)
+    assert "data.source.caption_extension='caption' read as '.caption'" in caplog.text
+
+
 def test_metadata_csv_of_a_subfolder_with_a_chosen_column_and_list_captions(tmp_path):
     image(tmp_path / "sub" / "x.png")
     image(tmp_path / "y.png")

@@ -78,7 +78,7 @@ def test_bad_sources_are_rejected(source, settings, message):
 
 
 def test_resolution_must_be_a_multiple_of_the_vq_factor(toy_dataset):
-    with pytest.raises(DataSourceError, match="data.resolution=30 is not a multiple of the VQ downscale factor 4"):
+    with pytest.raises(DataSourceError, match="data.resolution=30 is not a multiple of 4 .* try 28 or 32"):
         connected(HFDataset(str(toy_dataset)), resolution=30).setup("fit")
 
 

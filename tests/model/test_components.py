@@ -80,5 +80,9 @@ def test_unreachable_hub_says_to_pass_a_local_folder(monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ComponentLoadError, match="pass model.pretrained=<folder>"):
+    with pytest.raises(ComponentLoadError, match="pass model.pretrained=<folder>") as error:
         load_components("amused/amused-256")
+    message = str(error.value)
+    assert "`hf download amused/amused-256 --local-dir <folder>`" in message and "huggingface-cli" not in message
+    for choice in ("`toy`", "tiny", "amused-256-arch", "amused-512-arch"):
+        assert choice in message

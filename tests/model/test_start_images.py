@@ -128,7 +128,7 @@ def test_validation_draws_from_start_images(tmp_path, toy_dataset, capsys):
     files = [str(tmp_path / "start.png")] * 2
     validation = ValidationSettings(PROMPTS, GenerationSettings(num_inference_steps=4), images=files,
                                 masks=[str(tmp_path / "mask.png")] * 2)
-    module = AmusedModule(validation=validation).eval()
+    module = AmusedModule("tiny", validation=validation).eval()
     start = StartImages([noise_image(64, 64, 4)] * 2, [box_mask(64, 64)] * 2)
     expected = module.model.generate(PROMPTS, validation.generation, 0, start=start, decode_chunk_size=1)
     drawn = to_pil(validation_pixels(module))

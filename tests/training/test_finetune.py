@@ -13,7 +13,7 @@ from helpers import fit, transformer_weights
 
 
 def test_transformer_lora_trains_only_adapters():
-    module = AmusedModule(lora=LoraSettings(r=4, alpha=8))
+    module = AmusedModule("tiny", lora=LoraSettings(r=4, alpha=8))
     trained = module.model.trained_keys()
     assert trained and all("lora_" in key and key.startswith("transformer.") for key in trained)
     targets = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in trained}
@@ -22,19 +22,20 @@ def test_transformer_lora_trains_only_adapters():
 
 def test_lora_targets_that_match_nothing_are_rejected():
     with pytest.raises(ValueError, match=r"model.lora.target_modules=\['to_q', 'nope'\]: \['nope'\] match no"):
-        AmusedModule(lora=LoraSettings(target_modules=["to_q", "nope"]))
+        AmusedModule("tiny", lora=LoraSettings(target_modules=["to_q", "nope"]))
     with pytest.raises(ValueError, match=r"\['attn3.to_k'\] match no"):
-        AmusedModule(lora=LoraSettings(target_modules=["attn2.to_k", "attn3.to_k"]))
+        AmusedModule("tiny", lora=LoraSettings(target_modules=["attn2.to_k", "attn3.to_k"]))
     # Ends of full names, as peft matches them: only the cross-attention's keys.
-    trained = AmusedModule(lora=LoraSettings(target_modules=["attn2.to_k"])).model.trained_keys()
+    trained = AmusedModule("tiny", lora=LoraSettings(target_modules=["attn2.to_k"])).model.trained_keys()
     assert trained and all(".attn2.to_k.lora_" in key for key in trained)
     with pytest.raises(ValueError, match=r"model.text_encoder.lora.target_modules=\['to_q'\]"):
         lora = TextEncoderLoraSettings(target_modules=["to_q"])
-        AmusedModule(text_encoder=TextEncoderSettings(train=True, lora=lora))
+        AmusedModule("tiny", text_encoder=TextEncoderSettings(train=True, lora=lora))
 
 
 def test_text_encoder_lora_uses_clip_names_and_moves_the_empty_prompt():
-    module = AmusedModule(text_encoder=TextEncoderSettings(train=True, lora=TextEncoderLoraSettings(r=2, alpha=4)))
+    lora = TextEncoderLoraSettings(r=2, alpha=4)
+    module = AmusedModule("tiny", text_encoder=TextEncoderSettings(train=True, lora=lora))
     text_keys = {k for k in module.model.trained_keys() if k.startswith("text_encoder.")}
     assert text_keys and all("lora_" in k for k in text_keys)
     assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in text_keys} == {"q_proj", "k_proj", "v_proj", "out_proj"}
@@ -49,11 +50,11 @@ def test_text_encoder_lora_uses_clip_names_and_moves_the_empty_prompt():
 
 
 def test_full_text_encoder_training_and_its_guard():
-    module = AmusedModule(text_encoder=TextEncoderSettings(train=True))
+    module = AmusedModule("tiny", text_encoder=TextEncoderSettings(train=True))
     assert all(p.requires_grad for p in module.model.text_encoder.parameters())
     assert module.train().model.text_encoder.training
     with pytest.raises(ValueError, match="model.text_encoder.lora is set but model.text_encoder.train=False"):
-        AmusedModule(text_encoder={"lora": TextEncoderLoraSettings()})
+        AmusedModule("tiny", text_encoder={"lora": TextEncoderLoraSettings()})
 
 
 @pytest.mark.parametrize("decay", [0.0, 1.0, 1.5])
@@ -139,7 +140,7 @@ def test_lora_checkpoint_holds_no_frozen_weights(tmp_path, toy_dataset):
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["state_dict"] and all("lora_" in key for key in checkpoint["state_dict"])
     base = transformer_weights(cli)
-    fresh = AmusedModule(lora=LoraSettings(r=4))
+    fresh = AmusedModule("tiny", lora=LoraSettings(r=4))
     for key, value in fresh.model.transformer.state_dict().items():
         if "lora_" not in key:
             assert torch.equal(value, base[key]), f"frozen base weight {key} changed"

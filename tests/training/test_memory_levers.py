@@ -39,7 +39,7 @@ def tiny_trainer(callbacks: list[L.Callback], precision: str = "32-true") -> L.T
 
 def fit_tiny(memory: MemorySettings) -> tuple[AmusedModule, list]:
     """`tiny_trainer`'s fit of `tiny` with `memory`; the module and its gradients at the end."""
-    module = AmusedModule(lr_schedule=LRScheduleSettings(warmup_steps=0), memory=memory)
+    module = AmusedModule("tiny", lr_schedule=LRScheduleSettings(warmup_steps=0), memory=memory)
     tiny_trainer([]).fit(module, DataLoader(encoded_samples(8), batch_size=2))
     return module, [p.grad for p in module.model.transformer.parameters()]
 
@@ -54,7 +54,7 @@ def test_released_gradients_are_freed_after_each_step_and_change_no_weight():
 
 
 def test_frozen_weights_are_cast_before_the_strategy_moves_the_module():
-    module = AmusedModule(lora=LoraSettings(r=4), lr_schedule=LRScheduleSettings(warmup_steps=0))
+    module = AmusedModule("tiny", lora=LoraSettings(r=4), lr_schedule=LRScheduleSettings(warmup_steps=0))
     trainer = tiny_trainer([FrozenPlacement()], precision="bf16-mixed")
     arriving = []
     move = trainer.strategy.model_to_device
@@ -80,7 +80,7 @@ def test_one_image_at_a_time_decodes_the_batched_pixels(tiny):
 
 def test_validation_images_decoded_one_at_a_time_match_generate():
     prompts = ["a red square", "a blue circle", "a pixel art character"]
-    module = AmusedModule(validation=ValidationSettings(prompts, GenerationSettings(4))).eval()
+    module = AmusedModule("tiny", validation=ValidationSettings(prompts, GenerationSettings(4))).eval()
     lean = module.model.generate_pixels(prompts, GenerationSettings(4), decode_chunk_size=1)
     torch.testing.assert_close(lean, module.model.generate_pixels(prompts, GenerationSettings(4)), rtol=0, atol=5e-5)
     torch.testing.assert_close(validation_pixels(module), lean, rtol=0, atol=0)
@@ -90,7 +90,7 @@ def test_validation_images_decoded_one_at_a_time_match_generate():
 
 
 def test_sampling_parts_are_all_that_decoding_runs(tiny):
-    vqvae = AmusedModule().model.vqvae
+    vqvae = AmusedModule("tiny").model.vqvae
     used = {id(p) for part in sampling_parts(vqvae) for p in part.parameters()}
     vqvae.encoder.to("meta")
     vqvae.quant_conv.to("meta")
@@ -101,7 +101,7 @@ def test_sampling_parts_are_all_that_decoding_runs(tiny):
 
 def test_placement_brings_in_only_what_a_step_runs():
     # "meta" stands for the accelerator (a CPU-only machine has none): what moves there is what the step runs.
-    module = AmusedModule()
+    module = AmusedModule("tiny")
     trainer = SimpleNamespace(strategy=SingleDeviceStrategy(torch.device("cpu")))
     parts = SimpleNamespace(vqvae=module.model.vqvae, text_encoder=module.model.text_encoder, text_encoder_trains=False)
     stand_in = SimpleNamespace(model=parts, device=torch.device("meta"))

@@ -33,7 +33,7 @@ def loss_and_grads(module, batch, generator_seed=0):
 
 
 def test_gradient_checkpointing_gives_identical_loss_and_gradients():
-    plain = AmusedModule()
+    plain = AmusedModule("tiny")
     checkpointed = copy.deepcopy(plain)
     enable_gradient_checkpointing(checkpointed.model.transformer)
     batch = batch_for(plain)
@@ -45,7 +45,7 @@ def test_gradient_checkpointing_gives_identical_loss_and_gradients():
 
 
 def test_gradient_checkpointing_actually_recomputes():
-    module = AmusedModule(memory=MemorySettings(gradient_checkpointing=True))
+    module = AmusedModule("tiny", memory=MemorySettings(gradient_checkpointing=True))
     calls = []
     module.model.transformer.transformer_layers[0].attn1.register_forward_hook(lambda *args: calls.append(1))
     loss_and_grads(module, batch_for(module))
@@ -53,7 +53,7 @@ def test_gradient_checkpointing_actually_recomputes():
 
 
 def test_training_is_reproducible_and_batches_may_carry_encodings():
-    module = AmusedModule(objective=ObjectiveSettings(cond_dropout_prob=0.0))
+    module = AmusedModule("tiny", objective=ObjectiveSettings(cond_dropout_prob=0.0))
     batch = batch_for(module)
     tokens = module.image_tokens(batch)
     hidden, pooled = encode_prompts(module.model.text_encoder, batch["input_ids"])
@@ -63,7 +63,7 @@ def test_training_is_reproducible_and_batches_may_carry_encodings():
 
 
 def test_full_conditioning_dropout_trains_on_the_empty_prompt():
-    dropped, plain = AmusedModule(objective=ObjectiveSettings(cond_dropout_prob=1.0)), AmusedModule()
+    dropped, plain = AmusedModule("tiny", objective=ObjectiveSettings(cond_dropout_prob=1.0)), AmusedModule("tiny")
     batch = batch_for(dropped)
     empty = dict(batch, input_ids=tokenize_prompts(plain.model.tokenizer, [""] * 3))
     for module in (dropped, plain):
@@ -75,7 +75,7 @@ def test_full_conditioning_dropout_trains_on_the_empty_prompt():
 
 
 def test_frozen_parts_stay_frozen_and_in_eval_mode():
-    module = AmusedModule().train()
+    module = AmusedModule("tiny").train()
     model = module.model
     assert not model.vqvae.training and not model.text_encoder.training and model.transformer.training
     assert not any(p.requires_grad for p in module.model.vqvae.parameters())
@@ -84,7 +84,7 @@ def test_frozen_parts_stay_frozen_and_in_eval_mode():
 
 
 def test_no_weight_decay_on_biases_norms_and_embeddings():
-    module = AmusedModule()
+    module = AmusedModule("tiny")
     decayed, exempt = parameter_groups([module.model.transformer, module.model.text_encoder])
     names = {id(p): n for n, p in module.model.transformer.named_parameters()}
     exempt_names = {names[id(p)] for p in exempt["params"]}
@@ -103,12 +103,12 @@ def test_no_weight_decay_on_biases_norms_and_embeddings():
 def test_bad_settings_are_rejected_with_their_name(group, setting, value):
     name = f"model.{group}.{setting}={value!r}".replace("'", ".?").replace("(", r"\(").replace("[", r"\[")
     with pytest.raises(ValueError, match=name):
-        AmusedModule(**{group: {setting: value}})
+        AmusedModule("tiny", **{group: {setting: value}})
 
 
 def test_head_at_masked_positions_only_gives_the_same_loss_and_gradients():
-    full = AmusedModule(memory=MemorySettings(logits_at_masked_only=False))
-    masked_only = AmusedModule(memory=MemorySettings(logits_at_masked_only=True))
+    full = AmusedModule("tiny", memory=MemorySettings(logits_at_masked_only=False))
+    masked_only = AmusedModule("tiny", memory=MemorySettings(logits_at_masked_only=True))
     batch = batch_for(full)
     loss, grads = loss_and_grads(full, batch)
     loss_masked, grads_masked = loss_and_grads(masked_only, batch)
@@ -125,7 +125,7 @@ def test_head_at_masked_positions_only_gives_the_same_loss_and_gradients():
 def test_frozen_parts_unused_by_a_step_are_named():
     from amused_lightning.callbacks.placement import unused_frozen_parts
 
-    module = AmusedModule()
+    module = AmusedModule("tiny")
     pixels = {"pixel_values": None, "input_ids": None}
     encoded = {"image_tokens": None, "encoder_hidden_states": None}
     model = module.model
@@ -140,7 +140,7 @@ def test_frozen_parts_unused_by_a_step_are_named():
 
 @pytest.mark.slow
 def test_compiled_transformer_gives_the_same_loss():
-    plain, compiled = AmusedModule(), AmusedModule(memory=MemorySettings(compile=True))
+    plain, compiled = AmusedModule("tiny"), AmusedModule("tiny", memory=MemorySettings(compile=True))
     batch = batch_for(plain)
     loss, grads = loss_and_grads(plain, batch)
     loss_compiled, grads_compiled = loss_and_grads(compiled, batch)
@@ -152,7 +152,7 @@ def test_frozen_weights_in_compute_dtype_change_nothing_under_autocast():
     from amused_lightning.callbacks.placement import cast_frozen_autocast_layers
     from amused_lightning.model.adapters import LoraSettings
 
-    stored = AmusedModule(lora=LoraSettings(r=4))
+    stored = AmusedModule("tiny", lora=LoraSettings(r=4))
     cast = copy.deepcopy(stored)  # the same adapter initialisation
     assert cast_frozen_autocast_layers(cast.model.transformer, torch.bfloat16) > 0
     assert cast_frozen_autocast_layers(cast.model.text_encoder, torch.bfloat16) > 0
@@ -185,14 +185,15 @@ def test_final_export_uses_stored_precision_weights(tmp_path, toy_dataset):
 def test_fused_adamw_gives_the_same_update():
     import functools
 
-    batch = batch_for(AmusedModule())
+    batch = batch_for(AmusedModule("tiny"))
     weights = []
     for fused in (False, True):
-        module = AmusedModule()
+        module = AmusedModule("tiny")
         optimizer = functools.partial(torch.optim.AdamW, lr=1e-2, fused=fused)(
             [p for p in module.model.transformer.parameters() if p.requires_grad])
         loss_and_grads(module, batch)
         optimizer.step()
         weights.append({n: p.detach().clone() for n, p in module.model.transformer.named_parameters()})
     assert all(torch.allclose(weights[0][n], weights[1][n], rtol=1e-5, atol=1e-7) for n in weights[0])
-    assert not all(torch.equal(weights[0][n], AmusedModule().model.transformer.state_dict()[n]) for n in weights[0])
+    fresh = AmusedModule("tiny").model.transformer.state_dict()
+    assert not all(torch.equal(weights[0][n], fresh[n]) for n in weights[0])

@@ -3,6 +3,7 @@ or its file name (see `captions`)."""
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from amused_lightning.data.captions import (
 )
 from amused_lightning.data.sources.base import DataSource, DataSourceError, file_identity
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset(suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
@@ -36,9 +38,7 @@ class ImageFolder(DataSource):
             caption_extension: Suffix of the caption file beside each image (`cat.png` -> `cat.txt`), one caption
                 per line; a draw trains on one line.
         """
-        if not caption_extension.startswith(".") or len(caption_extension) < 2:
-            raise DataSourceError(f"data.source.caption_extension={caption_extension!r} must be a suffix such as "
-                                  "'.txt' or '.caption'")
+        caption_extension = caption_suffix(caption_extension)
         self.path, self.caption_column, self.caption_extension = path, caption_column, caption_extension
 
     @cached_property
@@ -85,6 +85,16 @@ class ImageFolder(DataSource):
 
     def where(self, row: int) -> str:
         return f"image file {str(self.paths[row])!r}"
+
+
+def caption_suffix(extension: str) -> str:
+    """A caption file suffix as given, or with its dot put in front (`caption` -> `.caption`, with a note)."""
+    if extension.strip(".") == "" or "/" in extension:
+        raise DataSourceError(f"data.source.caption_extension={extension!r} must be a file suffix such as '.txt' or "
+                              "'.caption'")
+    if not extension.startswith("."):
+        log.info("data.source.caption_extension=%r read as %r", extension, "." + extension)
+    return extension if extension.startswith(".") else "." + extension
 
 
 def _hidden(relative: Path) -> bool:
