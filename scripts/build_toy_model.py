@@ -212,7 +212,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vq", type=Path, help="reuse the vqvae/ of this pipeline folder instead of training one")
     parser.add_argument("--resume", type=Path, help="train the transformer and text encoder of this folder further")
-    parser.add_argument("--vq-steps", type=int, default=600)
+    parser.add_argument("--vq-steps", type=int, default=400)
     parser.add_argument("--vq-batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4000, help="transformer optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16)

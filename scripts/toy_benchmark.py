@@ -147,7 +147,7 @@ def main() -> None:
             before_after_grid(base, after, args.grid)
     quickstarts = [results[f"after {name}"] for name, _, _ in fit_runs(args.seeds, False)]
     codes, decoded = vq_code_accuracy(base.vqvae)
-    probe = context_probe(base.parts)
+    probe = context_probe(base)
     table = ["| model | sampling | base world: cells right | base: clean images | base: head cells right | "
              "held-back prompts: cells right | held-back: clean images | held-back attributes drawn |",
              "|---|---|---|---|---|---|---|---|"]
