@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 PLAIN_INTERVAL_S = 30.0  # seconds between plain lines when output is not a terminal
 LIVE_INTERVAL_S = 0.5  # seconds between redraws of the live line
+# What a validation line shows: the held-out loss and accuracy, how much context helps, and the strict image scores.
+HEADLINE_SCORES = ("val/loss", "val/accuracy", "val/context_gain", "val/toy_cells", "val/toy_clean", "val/clip_score")
 
 
 def duration(seconds: float) -> str:
@@ -239,7 +241,7 @@ class StepProgress(ProgressBar):
         # Validations of a fit, the one after its last step included; `validate` prints its own table.
         metrics = trainer.callback_metrics
         if self.printer is not None and "val/loss" in metrics:
-            scores = ", ".join(f"{k} {float(metrics[k]):.4f}" for k in ("val/loss", "val/accuracy") if k in metrics)
+            scores = ", ".join(f"{k} {float(metrics[k]):.4f}" for k in HEADLINE_SCORES if k in metrics)
             self.printer.message(f"validation at step {trainer.global_step}: {scores}")
 
 

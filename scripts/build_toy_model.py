@@ -26,6 +26,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokeni
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from amused_lightning.model.amused import MODEL_INDEX
+from amused_lightning.model.components import Components
 from amused_lightning.model.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
 from amused_lightning.model.presets import CLIP_MAX_LENGTH
 from amused_lightning.seeding import derive_seed
@@ -40,24 +41,23 @@ from amused_lightning.toy.world import (
 )
 from amused_lightning.training.loss import masked_token_loss
 from amused_lightning.training.masking import apply_mask, random_token_mask, sample_mask_ratios
+from toy_probes import probe_line
+from train_toy_vq import SIZE, train_vq
 
-SIZE = 64
-CODEBOOK = 64
-VQ_CONFIG = dict(
-    in_channels=3, out_channels=3, act_fn="silu", latent_channels=8, layers_per_block=1, norm_num_groups=1,
-    norm_type="spatial", num_vq_embeddings=CODEBOOK, vq_embed_dim=None, lookup_from_codebook=True,
-    mid_block_add_attention=False, sample_size=SIZE, scaling_factor=1.0, force_upcast=True,
-    block_out_channels=(32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 3,
-    up_block_types=("UpDecoderBlock2D",) * 3,
-)
 TEXT_WIDTH = 64
-TRANSFORMER_CONFIG = dict(
-    hidden_size=96, use_bias=False, hidden_dropout=0.0, cond_embed_dim=TEXT_WIDTH, micro_cond_encode_dim=8,
-    micro_cond_embed_dim=40, encoder_hidden_size=TEXT_WIDTH, vocab_size=CODEBOOK + 1, codebook_size=CODEBOOK,
-    in_channels=32, block_out_channels=32, num_res_blocks=4, downsample=True, upsample=True, block_num_heads=1,
-    num_hidden_layers=3, num_attention_heads=3, attention_dropout=0.0, intermediate_size=192, layer_norm_eps=1e-6,
-    ln_elementwise_affine=True, sample_size=SIZE // 4,
-)
+
+
+def transformer_config(codebook: int) -> dict:
+    """The UVit2DModel of the toy pipeline, predicting one of `codebook` codes per token."""
+    return dict(
+        hidden_size=96, use_bias=False, hidden_dropout=0.0, cond_embed_dim=TEXT_WIDTH, micro_cond_encode_dim=8,
+        micro_cond_embed_dim=40, encoder_hidden_size=TEXT_WIDTH, vocab_size=codebook + 1, codebook_size=codebook,
+        in_channels=32, block_out_channels=32, num_res_blocks=4, downsample=True, upsample=True, block_num_heads=1,
+        num_hidden_layers=3, num_attention_heads=3, attention_dropout=0.0, intermediate_size=192,
+        layer_norm_eps=1e-6, ln_elementwise_affine=True, sample_size=SIZE // 4,
+    )
+
+
 # UVit2DModel has no position embedding: a token learns where it is only from the zero padding of its 3x3
 # convolutions. Halving the grid and stacking four of them lets every cell tell its place, so a fully masked image
 # is not decoded as identical draws at every position; it also makes the transformer layers 4x cheaper.
@@ -99,61 +99,12 @@ def render(captions_world: str, count: int, seed: int, exclude: frozenset[str] =
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255, [c.caption() for c in characters]
 
 
-def revive_dead_codes(vq: VQModel, latents: torch.Tensor, used: torch.Tensor, generator: torch.Generator) -> int:
-    """Move codes no batch picked lately onto random encoder outputs, so the codebook does not collapse."""
-    dead = (~used).nonzero()[:, 0]
-    if len(dead):
-        flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
-        picks = torch.randint(len(flat), (len(dead),), generator=generator)
-        vq.quantize.embedding.weight.data[dead] = flat[picks].detach()
-    return len(dead)
-
-
-def random_crops(pixels: torch.Tensor, generator: torch.Generator, cells: int = 8) -> torch.Tensor:
-    """One crop of `cells` x `cells` whole cells per image: the VQ is convolutional, and small crops train faster."""
-    side, cell = cells * 4, SIZE // 16
-    offsets = torch.randint(0, 16 - cells + 1, (len(pixels), 2), generator=generator) * cell
-    return torch.stack([image[:, top:top + side, left:left + side] for image, (top, left) in zip(pixels, offsets)])
-
-
-def train_vq(steps: int, batch_size: int, seed: int, log_every: int) -> VQModel:
-    """A VQModel trained on fresh toy images of the whole world: MSE reconstruction + codebook/commitment loss."""
-    torch.manual_seed(derive_seed(seed, 1))
-    vq = VQModel(**VQ_CONFIG)
-    optimizer = torch.optim.Adam(vq.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    generator, used = torch.Generator().manual_seed(derive_seed(seed, 2)), torch.zeros(CODEBOOK, dtype=torch.bool)
-    # A first third trains a plain autoencoder; its latents then seed the codebook, so no code starts out of reach.
-    warm_up = steps // 3
-    for step in range(steps):
-        pixels = random_crops(render("all", batch_size, derive_seed(seed, 3, step))[0], generator)
-        latents = vq.encode(pixels).latents
-        if step == warm_up:
-            used[:] = False
-            revive_dead_codes(vq, latents, used, generator)
-        quantized, codebook_loss, (_, _, indices) = (vq.quantize(latents) if step >= warm_up
-                                                      else (latents, 0.0, (None, None, torch.zeros(1).long())))
-        reconstruction = vq.decoder(vq.post_quant_conv(quantized), quantized)
-        loss = torch.nn.functional.mse_loss(reconstruction, pixels) + codebook_loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        used[indices.flatten()] = True
-        if step > warm_up and step % 25 == 0 and step < steps * 3 // 4:
-            revive_dead_codes(vq, latents, used, generator)
-            used[:] = False
-        if step % log_every == 0 or step == steps - 1:
-            print(f"vq step {step + 1}/{steps} loss {loss.item():.5f} codes used {int(indices.unique().numel())}",
-                  flush=True)
-    return vq.eval().requires_grad_(False)
-
-
-def initial_transformer_and_text_encoder(resume: Path | None, vocab_size: int
+def initial_transformer_and_text_encoder(resume: Path | None, vocab_size: int, codebook: int
                                          ) -> tuple[UVit2DModel, CLIPTextModelWithProjection]:
     """Fresh weights, or those of a pipeline folder written by this script to train further."""
     if resume is None:
-        return UVit2DModel(**TRANSFORMER_CONFIG), CLIPTextModelWithProjection(text_encoder_config(vocab_size))
+        return (UVit2DModel(**transformer_config(codebook)),
+                CLIPTextModelWithProjection(text_encoder_config(vocab_size)))
     return (UVit2DModel.from_pretrained(resume, subfolder="transformer").train().requires_grad_(True),
             CLIPTextModelWithProjection.from_pretrained(resume, subfolder="text_encoder").train().requires_grad_(True))
 
@@ -174,37 +125,48 @@ def word_knowledge_loss(text_encoder: CLIPTextModelWithProjection, heads: torch.
     return sum(torch.nn.functional.cross_entropy(part, labels[:, i]) for i, part in enumerate(logits))
 
 
+def word_task(tokenizer: CLIPTokenizer, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attribute labels of captions of the whole world (held-out prompts excepted)."""
+    held_out = evaluation_captions("base") | evaluation_captions("finetune")
+    characters = sample_characters(args.num_images, derive_seed(args.seed, 7), "all", held_out)
+    return tokenize_prompts(tokenizer, [c.caption() for c in characters]), attribute_labels(characters)
+
+
+def masked_token_step(transformer: UVit2DModel, text_encoder: CLIPTextModelWithProjection, tokens: torch.Tensor,
+                      input_ids: torch.Tensor, empty_ids: torch.Tensor, generator: torch.Generator,
+                      args: argparse.Namespace) -> torch.Tensor:
+    """The masked-token loss of a batch: cosine mask ratios, conditioning dropout, and label smoothing of the
+    dropped samples (`--unconditional-label-smoothing`) apart from the prompted ones."""
+    ratios = sample_mask_ratios(len(tokens), 0.0, generator)
+    inputs, labels = apply_mask(tokens, random_token_mask(ratios, tokens[0].numel(), generator).view_as(tokens),
+                                transformer.config.vocab_size - 1)
+    hidden, pooled = encode_prompts(text_encoder, input_ids)
+    drop = torch.rand(len(tokens), generator=generator) < args.cond_dropout_prob
+    hidden, pooled = drop_conditioning(hidden, pooled, *encode_prompts(text_encoder, empty_ids), drop)
+    micro_conds = torch.tensor(MICRO_CONDS).expand(len(tokens), -1)
+    logits = transformer(inputs, micro_conds=micro_conds, pooled_text_emb=pooled, encoder_hidden_states=hidden)
+    smoothing = torch.where(drop, args.unconditional_label_smoothing, args.label_smoothing)
+    return masked_token_loss(logits, labels, smoothing)
+
+
 def train_transformer(vq: VQModel, tokenizer: CLIPTokenizer, args: argparse.Namespace, save=None
                       ) -> tuple[UVit2DModel, CLIPTextModelWithProjection]:
     """The transformer and text encoder, trained jointly on the base world with the masked-token objective."""
     pixels, captions = render("base", args.num_images, derive_seed(args.seed, 4), evaluation_captions("base"))
     tokens = torch.cat([encode_image_tokens(vq, chunk) for chunk in pixels.split(256)])
-    input_ids = tokenize_prompts(tokenizer, captions)
-    empty_ids = tokenize_prompts(tokenizer, [""])
+    input_ids, empty_ids = tokenize_prompts(tokenizer, captions), tokenize_prompts(tokenizer, [""])
     torch.manual_seed(derive_seed(args.seed, 5))
-    transformer, text_encoder = initial_transformer_and_text_encoder(args.resume, len(tokenizer))
-    held_out = evaluation_captions("base") | evaluation_captions("finetune")
-    word_characters = sample_characters(args.num_images, derive_seed(args.seed, 7), "all", held_out)
-    word_ids = tokenize_prompts(tokenizer, [c.caption() for c in word_characters])
-    word_labels = attribute_labels(word_characters)
+    transformer, text_encoder = initial_transformer_and_text_encoder(args.resume, len(tokenizer),
+                                                                     vq.config.num_vq_embeddings)
+    word_ids, word_labels = word_task(tokenizer, args)
     heads = torch.nn.Linear(TEXT_WIDTH, sum(len(values) for _, values in ATTRIBUTES))
     params = list(transformer.parameters()) + list(text_encoder.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=0.05)
-    generator = torch.Generator().manual_seed(derive_seed(args.seed, 6))
-    micro_conds = torch.tensor(MICRO_CONDS).expand(args.batch_size, -1)
-    started = time.perf_counter()
+    generator, started = torch.Generator().manual_seed(derive_seed(args.seed, 6)), time.perf_counter()
     for step in range(args.steps):
         rows = torch.randint(len(tokens), (args.batch_size,), generator=generator)
-        batch = tokens[rows]
-        ratios = sample_mask_ratios(len(rows), 0.0, generator)
-        inputs, labels = apply_mask(batch, random_token_mask(ratios, batch[0].numel(), generator).view_as(batch),
-                                    transformer.config.vocab_size - 1)
-        hidden, pooled = encode_prompts(text_encoder, input_ids[rows])
-        drop = torch.rand(len(rows), generator=generator) < args.cond_dropout_prob
-        hidden, pooled = drop_conditioning(hidden, pooled, *encode_prompts(text_encoder, empty_ids), drop)
-        logits = transformer(inputs, micro_conds=micro_conds, pooled_text_emb=pooled, encoder_hidden_states=hidden)
-        loss = masked_token_loss(logits, labels, args.label_smoothing)
+        loss = masked_token_step(transformer, text_encoder, tokens[rows], input_ids[rows], empty_ids, generator, args)
         words = torch.randint(len(word_ids), (args.batch_size,), generator=generator)
         loss = loss + args.word_loss_weight * word_knowledge_loss(text_encoder, heads, word_ids[words],
                                                                    word_labels[words])
@@ -213,12 +175,21 @@ def train_transformer(vq: VQModel, tokenizer: CLIPTokenizer, args: argparse.Name
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        if step % args.log_every == 0 or step == args.steps - 1:
-            print(f"transformer step {step + 1}/{args.steps} loss {loss.item():.4f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+        report(step, loss, started, Components(transformer, vq, text_encoder, tokenizer, None), args)
         if save is not None and args.save_every and (step + 1) % args.save_every == 0:
             save(transformer, text_encoder)
     return transformer.eval().requires_grad_(False), text_encoder.eval().requires_grad_(False)
+
+
+def report(step: int, loss: torch.Tensor, started: float, parts: Components, args: argparse.Namespace) -> None:
+    """The loss every --log-every steps, and how much the transformer uses context every --probe-every."""
+    if step % args.log_every == 0 or step == args.steps - 1:
+        print(f"transformer step {step + 1}/{args.steps} loss {loss.item():.4f} "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
+    if args.probe_every and (step + 1) % args.probe_every == 0:
+        parts.transformer.eval(), parts.text_encoder.eval()
+        print(f"probe at step {step + 1}: {probe_line(parts)}", flush=True)
+        parts.transformer.train(), parts.text_encoder.train()
 
 
 def save_pipeline(folder: Path, transformer: UVit2DModel, vq: VQModel, text_encoder: CLIPTextModelWithProjection,
@@ -229,7 +200,8 @@ def save_pipeline(folder: Path, transformer: UVit2DModel, vq: VQModel, text_enco
     vq.save_pretrained(folder / "vqvae")
     text_encoder.save_pretrained(folder / "text_encoder")
     tokenizer.save_pretrained(folder / "tokenizer")
-    AmusedScheduler(mask_token_id=CODEBOOK, masking_schedule="cosine").save_pretrained(folder / "scheduler")
+    AmusedScheduler(mask_token_id=vq.config.num_vq_embeddings, masking_schedule="cosine").save_pretrained(
+        folder / "scheduler")
     index = {**MODEL_INDEX, "_diffusers_version": diffusers.__version__}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
@@ -240,19 +212,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vq", type=Path, help="reuse the vqvae/ of this pipeline folder instead of training one")
     parser.add_argument("--resume", type=Path, help="train the transformer and text encoder of this folder further")
-    parser.add_argument("--vq-steps", type=int, default=700)
+    parser.add_argument("--vq-steps", type=int, default=400)
     parser.add_argument("--vq-batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=4500, help="transformer optimizer steps")
+    parser.add_argument("--steps", type=int, default=4000, help="transformer optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--cond-dropout-prob", type=float, default=0.1)
-    parser.add_argument("--label-smoothing", type=float, default=0.1,
-                        help="keeps guidance from amplifying codes that never occur at a place")
+    parser.add_argument("--label-smoothing", type=float, default=0.0,
+                        help="label smoothing of the prompted samples (a sampler draws a wrong code that often)")
+    parser.add_argument("--unconditional-label-smoothing", type=float, default=0.1,
+                        help="label smoothing of the samples whose prompt is dropped: bounds what guidance divides by")
     parser.add_argument("--word-loss-weight", type=float, default=1.0,
                         help="weight of the text tower's attribute loss on captions of the whole world")
     parser.add_argument("--num-images", type=int, default=4000, help="base-world training images")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=0, help="also write the pipeline every N steps")
+    parser.add_argument("--probe-every", type=int, default=0,
+                        help="print how much the transformer uses context every N steps (scripts/toy_probes.py)")
     # One thread: on 2 cores shared with other work, two threads spin-wait on each other (10x slower steps).
     parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args(argv)

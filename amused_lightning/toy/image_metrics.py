@@ -18,22 +18,21 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from amused_lightning.toy.cell_score import CLEAN, cells_right, part_shares, read_cells
 from amused_lightning.toy.world import (
-    BACKGROUNDS,
     BODY_BOX,
-    COLORS,
     GLASSES_LEFTS,
     GRID,
     HEADS,
+    PARTS,
     Character,
     draw_head,
     held_back_attributes,
+    palette_index,
     parse_caption,
 )
 
 ATTRIBUTES = ("glasses", "body", "background", "head")
-PALETTE = [("color", name, rgb) for name, rgb in COLORS.items()] + [
-    ("background", name, rgb) for name, rgb in BACKGROUNDS.items()]
 HEAD_BOX = (4, 2, 12, 8)  # cells: left, top, right, bottom (exclusive)
 GLASSES_CELLS = {(row, col) for left in GLASSES_LEFTS for col in (left, left + 1) for row in (4, 5)}
 BODY_CELLS = [(row, col) for row in range(BODY_BOX[1] + 1, BODY_BOX[3]) for col in range(BODY_BOX[0] + 1,
@@ -57,22 +56,9 @@ def evaluate_image_metrics(metrics: list[ImageMetric], prompts: list[str], image
     return scores
 
 
-def cell_palette_classes(image: Image.Image) -> list[list[tuple[str, str]]]:
-    """The nearest palette entry (kind, name) of each of the 16x16 cells, read from the cell's central pixels."""
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    if pixels.shape[0] != pixels.shape[1] or pixels.shape[0] % GRID:
-        raise ValueError(f"image size {image.size} must be square and a multiple of {GRID} pixels")
-    cell = pixels.shape[0] // GRID
-    inner = slice(cell // 4, cell - cell // 4)
-    centres = pixels.reshape(GRID, cell, GRID, cell, 3)[:, inner, :, inner].mean(axis=(1, 3))
-    colours = np.array([rgb for _, _, rgb in PALETTE], dtype=np.float32)
-    nearest = ((centres[:, :, None, :] - colours) ** 2).sum(-1).argmin(-1)
-    return [[PALETTE[i][:2] for i in row] for row in nearest]
-
-
-def majority(classes: list[list[tuple[str, str]]], cells: list[tuple[int, int]]) -> tuple[str, str]:
-    """The most frequent class over `cells`."""
-    return Counter(classes[row][col] for row, col in cells).most_common(1)[0][0]
+def majority(cells: np.ndarray, where: list[tuple[int, int]]) -> int:
+    """The most frequent palette index over the cells `where`."""
+    return Counter(int(cells[row, col]) for row, col in where).most_common(1)[0][0]
 
 
 @lru_cache(maxsize=1)
@@ -94,9 +80,9 @@ def head_cells() -> list[tuple[int, int]]:
     return [(row, col) for row in range(top, bottom) for col in range(left, right) if (row, col) not in GLASSES_CELLS]
 
 
-def read_head_shapes(classes: list[list[tuple[str, str]]], background: tuple[str, str]) -> set[str]:
+def read_head_shapes(cells: np.ndarray, background: int) -> set[str]:
     """The head shapes whose silhouette is nearest the non-background cells of the head box (equal ones tie)."""
-    drawn = {cell for cell in head_cells() if classes[cell[0]][cell[1]] != background}
+    drawn = {cell for cell in head_cells() if cells[cell] != background}
     distances = {shape: len(inside - drawn) + len(outside & drawn)
                  for shape, (inside, outside) in head_templates().items()}
     return {shape for shape, distance in distances.items() if distance == min(distances.values())}
@@ -104,28 +90,48 @@ def read_head_shapes(classes: list[list[tuple[str, str]]], background: tuple[str
 
 def read_attributes(character: Character, image: Image.Image) -> dict[str, bool]:
     """Whether the image shows each attribute the caption names."""
-    classes = cell_palette_classes(image)
-    background = majority(classes, BACKGROUND_CELLS)
+    cells = read_cells(image)
+    background = majority(cells, BACKGROUND_CELLS)
     return {
-        "glasses": majority(classes, sorted(GLASSES_CELLS)) == ("color", character.glasses),
-        "body": majority(classes, BODY_CELLS) == ("color", character.body),
-        "background": background == ("background", character.background),
-        "head": character.head in read_head_shapes(classes, background),
+        "glasses": majority(cells, sorted(GLASSES_CELLS)) == palette_index("color", character.glasses),
+        "body": majority(cells, BODY_CELLS) == palette_index("color", character.body),
+        "background": background == palette_index("background", character.background),
+        "head": character.head in read_head_shapes(cells, background),
     }
 
 
+def strict_scores(characters: list[Character], images: list[Image.Image]) -> dict[str, float]:
+    """Cells right against the ideal drawing and clean images (>= CLEAN of their cells right), over all images, per
+    part, and apart for the prompts that name the held-back concept and those that do not."""
+    shares = [part_shares(*cells_right(character, image)) for character, image in zip(characters, images)]
+    groups = {"": shares,
+              "_held_back": [s for s, c in zip(shares, characters) if held_back_attributes(c)],
+              "_known": [s for s, c in zip(shares, characters) if not held_back_attributes(c)]}
+    scores = {}
+    for suffix, members in groups.items():
+        for key in ("cells", *PARTS) if not suffix else ("cells",):
+            if members:
+                name = "" if key == "cells" else f"_{key}"
+                scores[f"toy_cells{name}{suffix}"] = float(np.mean([s[key] for s in members]))
+                scores[f"toy_clean{name}{suffix}"] = float(np.mean([s[key] >= CLEAN for s in members]))
+    return scores
+
+
 class ToyWorldScore(ImageMetric):
-    """Reads back every attribute a toy-world prompt names: per-attribute accuracy, overall, held-back and known."""
+    """Scores toy-world images strictly, cell by cell against the ideal drawing of each prompt (`toy_cells`,
+    `toy_clean`, per part and for the held-back concept apart), and by the attributes each prompt names
+    (`toy_accuracy`, per attribute, held-back and known)."""
 
     def __call__(self, prompts: list[str], images: list[Image.Image]) -> dict[str, float]:
+        characters = [parse_caption(prompt) for prompt in prompts]
         hits: dict[str, list[bool]] = {name: [] for name in (*ATTRIBUTES, "held_back", "known")}
-        for prompt, image in zip(prompts, images, strict=True):
-            character = parse_caption(prompt)
+        for character, image in zip(characters, images, strict=True):
             held_back = held_back_attributes(character)
             for name, hit in read_attributes(character, image).items():
                 hits[name].append(hit)
                 hits["held_back" if name in held_back else "known"].append(hit)
-        scores = {f"toy_{name}": float(np.mean(values)) for name, values in hits.items() if values}
+        scores = strict_scores(characters, images)
+        scores.update({f"toy_{name}": float(np.mean(values)) for name, values in hits.items() if values})
         scores["toy_accuracy"] = float(np.mean([hit for name in ATTRIBUTES for hit in hits[name]]))
         return scores
 
@@ -164,5 +170,4 @@ def check_clip_source(model_name_or_path: str) -> None:
 
 def palette_cell_agreement(original: Image.Image, reconstruction: Image.Image) -> float:
     """The share of cells whose nearest palette colour is the same in both images (VQ reconstruction quality)."""
-    first, second = cell_palette_classes(original), cell_palette_classes(reconstruction)
-    return float(np.mean([a == b for row_a, row_b in zip(first, second) for a, b in zip(row_a, row_b)]))
+    return float((read_cells(original) == read_cells(reconstruction)).mean())

@@ -12,6 +12,7 @@ import random
 import re
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 COLORS = {"red": (220, 40, 40), "orange": (245, 140, 30), "blue": (40, 80, 220), "purple": (140, 60, 190),
@@ -26,6 +27,10 @@ CAPTION = re.compile(r"a pixel art character with square (\w+) glasses, a (\w+)-
                      r"body on an? (\w+) background")
 BODY_BOX = (5, 9, 11, 16)  # cells: left, top, right, bottom (exclusive)
 GLASSES_LEFTS = (5, 9)  # each lens is 2x2 cells from row 4
+PARTS = ("background", "body", "head", "glasses")  # back to front
+# Every colour a cell can have, as (kind, name, rgb): the eight colours, then the four backgrounds.
+PALETTE = tuple([("color", name, rgb) for name, rgb in COLORS.items()]
+                + [("background", name, rgb) for name, rgb in BACKGROUNDS.items()])
 
 
 @dataclass(frozen=True)
@@ -60,19 +65,56 @@ def draw_head(draw: ImageDraw.ImageDraw, shape: str, color: tuple, cell: int) ->
         draw.rectangle(box, fill=color)
 
 
+def paint(image: Image.Image, head: str, fills: tuple, cell: int) -> Image.Image:
+    """Paint a character's parts over `image`'s background, each part in its fill (body, head, glasses)."""
+    body, head_fill, glasses = fills
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = BODY_BOX
+    draw.rectangle([left * cell, top * cell, right * cell - 1, bottom * cell - 1], fill=body)
+    draw_head(draw, head, head_fill, cell)
+    for lens in GLASSES_LEFTS:
+        draw.rectangle([lens * cell, 4 * cell, (lens + 2) * cell - 1, 6 * cell - 1], fill=glasses)
+    return image
+
+
 def draw_character(character: Character, size: int) -> Image.Image:
     """The image of a character, `size` pixels a side (a multiple of 16)."""
     if size % GRID:
         raise ValueError(f"size={size} must be a multiple of {GRID}")
-    cell = size // GRID
     image = Image.new("RGB", (size, size), BACKGROUNDS[character.background])
-    draw = ImageDraw.Draw(image)
-    left, top, right, bottom = BODY_BOX
-    draw.rectangle([left * cell, top * cell, right * cell - 1, bottom * cell - 1], fill=COLORS[character.body])
-    draw_head(draw, character.head, COLORS[character.head_color], cell)
-    for lens in GLASSES_LEFTS:
-        draw.rectangle([lens * cell, 4 * cell, (lens + 2) * cell - 1, 6 * cell - 1], fill=COLORS[character.glasses])
-    return image
+    fills = (COLORS[character.body], COLORS[character.head_color], COLORS[character.glasses])
+    return paint(image, character.head, fills, size // GRID)
+
+
+def cell_parts(head: str, cell: int = 4) -> np.ndarray:
+    """(16, 16) index into PARTS of the part covering most of each cell of a character with `head` drawn `cell`
+    pixels a cell (the front part on a tie): the layout of the ideal, cell-by-cell drawing."""
+    labels = np.asarray(paint(Image.new("L", (GRID * cell,) * 2, 0), head, (1, 2, 3), cell))
+    labels = labels.reshape(GRID, cell, GRID, cell).transpose(0, 2, 1, 3).reshape(GRID, GRID, cell * cell)
+    counts = np.stack([(labels == part).sum(-1) for part in range(len(PARTS))], axis=-1)
+    return len(PARTS) - 1 - counts[..., ::-1].argmax(-1)
+
+
+def palette_index(kind: str, name: str) -> int:
+    """The position of a colour of `kind` ("color" or "background") in PALETTE."""
+    return next(i for i, (k, n, _) in enumerate(PALETTE) if (k, n) == (kind, name))
+
+
+def ideal_cells(character: Character, cell: int = 4) -> np.ndarray:
+    """(16, 16) PALETTE indices of the character drawn cell by cell (its layout read at `cell` pixels a cell): each
+    cell in the colour of its main part."""
+    colours = [palette_index("background", character.background), palette_index("color", character.body),
+               palette_index("color", character.head_color), palette_index("color", character.glasses)]
+    return np.asarray(colours)[cell_parts(character.head, cell)]
+
+
+def draw_cells(cells: np.ndarray, size: int) -> Image.Image:
+    """The image of (16, 16) PALETTE indices, each cell a flat square, `size` pixels a side (a multiple of 16)."""
+    if size % GRID:
+        raise ValueError(f"size={size} must be a multiple of {GRID}")
+    rgb = np.array([colour for _, _, colour in PALETTE], dtype=np.uint8)[cells]
+    cell = size // GRID
+    return Image.fromarray(rgb.repeat(cell, axis=0).repeat(cell, axis=1))
 
 
 def random_character(rng: random.Random) -> Character:

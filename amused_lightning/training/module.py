@@ -44,7 +44,7 @@ from amused_lightning.training.settings import (
     ObjectiveSettings,
     ValidationSettings,
 )
-from amused_lightning.training.validation import held_out_mask, held_out_scores
+from amused_lightning.training.validation import context_warning, held_out_mask, held_out_scores
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +178,16 @@ class AmusedModule(L.LightningModule):
         ratios = sample_mask_ratios(tokens.shape[0], self.objective.min_masking_rate, generator, self.device)
         mask = random_token_mask(ratios, tokens[0].numel(), generator)
         hidden, pooled = self.prompt_embeddings(batch)
-        dropout = self.objective.cond_dropout_prob
-        if dropout > 0:
-            drop = torch.rand(tokens.shape[0], generator=generator, device=self.device) < dropout
+        objective, smoothing = self.objective, self.objective.label_smoothing
+        if objective.cond_dropout_prob > 0:
+            drop = torch.rand(tokens.shape[0], generator=generator, device=self.device) < objective.cond_dropout_prob
             hidden, pooled = drop_conditioning(hidden, pooled, *self.empty_prompt_embeddings(), drop)
+            if objective.unconditional_label_smoothing is not None:
+                smoothing = torch.where(drop, objective.unconditional_label_smoothing, smoothing)
         logits, labels = self.masked_logits(tokens, mask, hidden, pooled, batch["micro_conds"])
-        loss = masked_token_loss(logits, labels, self.objective.label_smoothing)
+        if torch.is_tensor(smoothing) and self.memory.logits_at_masked_only:  # one share per masked token
+            smoothing = smoothing.view(-1, 1, 1).expand_as(tokens)[mask.view_as(tokens)]
+        loss = masked_token_loss(logits, labels, smoothing)
         self.train_loss.update(loss.detach())
         self.train_masking_rate.update(ratios)
         return loss
@@ -205,6 +209,10 @@ class AmusedModule(L.LightningModule):
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             for logger in self.loggers:
                 logger.log_metrics({k: v.item() for k, v in scores.items()}, step=self.weights_step)
+            warning = context_warning(scores["val/context_gain"].item(), self.weights_step) \
+                if "val/context_gain" in scores else None
+            if warning:
+                log.warning(warning)
         self.log("val/loss", scores.pop("val/loss"), prog_bar=True, logger=False)
         self.log_dict(scores, logger=False)
         self.last_validated_step = self.global_step

@@ -39,12 +39,21 @@ class ObjectiveSettings:
     """Probability that a sample trains on the empty prompt instead of its own (what guidance needs)."""
     label_smoothing: float = 0.0
     """Share of each target spread over the whole codebook (open-muse pretrains with 0.1): it bounds the logits of
-    codes that never occur at a place, which classifier-free guidance would otherwise amplify into speckles."""
+    codes that never occur at a place, which classifier-free guidance would otherwise amplify into speckles; but a
+    sampler that draws from the smoothed distribution draws a wrong code that often (BENCHMARKS.md, toy world)."""
+    unconditional_label_smoothing: float | None = None
+    """Label smoothing of the samples trained on the empty prompt (`cond_dropout_prob`); None: `label_smoothing`.
+    Smoothing only these bounds the unconditional branch that guidance divides by, while the prompted branch stays
+    sharp: guidance then sharpens the picture instead of amplifying the codes both branches rule out."""
 
     def __post_init__(self) -> None:
-        for name in ("min_masking_rate", "cond_dropout_prob", "label_smoothing"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise SettingError(f"model.objective.{name}={getattr(self, name)} must lie in [0, 1]")
+        for name in ("min_masking_rate", "cond_dropout_prob", "label_smoothing", "unconditional_label_smoothing"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise SettingError(f"model.objective.{name}={value} must lie in [0, 1]")
+        if self.unconditional_label_smoothing is not None and self.cond_dropout_prob == 0.0:
+            raise SettingError(f"model.objective.unconditional_label_smoothing="
+                               f"{self.unconditional_label_smoothing} needs model.objective.cond_dropout_prob above 0")
 
 
 @dataclass

@@ -68,7 +68,8 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, toy_dataset):
 def test_quickstart_config_values():
     config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     assert config["model"]["pretrained"] == "toy" and config["model"]["lora"]["r"] == 32
-    assert all(target.startswith("attn2.") for target in config["model"]["lora"]["target_modules"])
+    # Finetuned as `toy` was trained: guidance 10 stays clean only with the dropped prompts' smoothing.
+    assert config["model"]["objective"]["unconditional_label_smoothing"] > 0
 
 
 def test_one_command_table_lists_every_command_and_only_those(capsys):

@@ -101,7 +101,7 @@ def test_trained_text_conditioning_adds_its_gradient():
 
 
 def test_frozen_weights_stored_in_fp16_count_the_same():
-    module = AmusedModule(lora=LoraSettings(r=4, alpha=8))
+    module = AmusedModule("tiny", lora=LoraSettings(r=4, alpha=8))
     before = transformer_training_flops(module.model.transformer, 8, 8)
     assert cast_frozen_weights(module, torch.float16) > 0
     assert transformer_training_flops(module.model.transformer, 8, 8) == before > 0

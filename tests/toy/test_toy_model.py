@@ -35,13 +35,29 @@ def test_toy_name_means_the_embedded_pipeline_even_beside_a_folder_called_toy(tm
     assert torch.equal(next(again.transformer.parameters()), next(toy.transformer.parameters()))
 
 
-# The target on 32 prompts (94.5% there, see BENCHMARKS.md); these 8 reach 0.97 with the shipped weights.
-BASE_ACCURACY_FLOOR = 0.9
+# BENCHMARKS.md holds the shipped model to 97% of cells right and 80% of images clean on 24 prompts, 2 images each;
+# these 8 prompts, one image each, keep a margin for sampling noise.
+BASE_CELLS_FLOOR, BASE_CLEAN_FLOOR = 0.97, 0.75
 
 
-def test_base_model_draws_held_out_base_prompts_above_its_floor(toy):
+def test_base_model_draws_clean_characters_for_held_out_base_prompts(toy):
     prompts = [c.caption() for c in evaluation_characters("base", 8)]
-    assert ToyWorldScore()(prompts, draw(toy, prompts))["toy_accuracy"] >= BASE_ACCURACY_FLOOR
+    scores = ToyWorldScore()(prompts, draw(toy, prompts))
+    assert scores["toy_cells"] >= BASE_CELLS_FLOOR and scores["toy_clean"] >= BASE_CLEAN_FLOOR, scores
+
+
+def test_base_model_rarely_draws_the_held_back_concept(toy):
+    prompts = [c.caption() for c in evaluation_characters("finetune", 8)]
+    assert ToyWorldScore()(prompts, draw(toy, prompts))["toy_held_back"] <= 0.2
+
+
+def test_base_model_reads_a_head_colour_from_the_rest_of_the_head(toy):
+    from toy_probes import context_probe
+
+    probe = context_probe(toy)
+    # Most of the probability once the upper head rows are shown; near chance (1/8) from the prompt alone, whose
+    # head colour is often unnamed.
+    assert probe["revealed"] > 0.5 and probe["revealed"] > probe["masked"] + 0.3, probe
 
 
 def test_amused_pipeline_loads_the_shipped_folder_and_draws_our_images(toy):

@@ -46,3 +46,21 @@ def test_scores_cover_masked_positions_only():
     losses, hits = masked_token_scores(logits, labels)
     assert hits.tolist() == [1.0, 0.0]
     assert torch.allclose(losses.mean(), masked_token_loss(logits, labels))
+
+
+def test_a_smoothing_share_per_sample_equals_the_shared_one_sample_by_sample():
+    logits, labels = torch.randn(3, 5, 4, 4), torch.randint(0, 5, (3, 4, 4))
+    labels[0, 0] = IGNORE_INDEX
+    shares = torch.tensor([0.0, 0.1, 0.3])
+    mixed = masked_token_loss(logits, labels, shares)
+    counts = (labels != IGNORE_INDEX).sum(dim=(1, 2)).float()
+    alone = torch.stack([masked_token_loss(logits[i:i + 1], labels[i:i + 1], float(s)) for i, s in enumerate(shares)])
+    assert torch.allclose(mixed, (alone * counts).sum() / counts.sum(), atol=1e-6)
+
+
+def test_a_smoothing_share_per_token_of_masked_only_logits():
+    logits, labels = torch.randn(6, 5), torch.randint(0, 5, (6,))
+    shares = torch.tensor([0.0, 0.0, 0.2, 0.2, 0.2, 0.0])
+    expected = (masked_token_loss(logits[shares == 0], labels[shares == 0]) * 3
+                + masked_token_loss(logits[shares > 0], labels[shares > 0], 0.2) * 3) / 6
+    assert torch.allclose(masked_token_loss(logits, labels, shares), expected, atol=1e-6)

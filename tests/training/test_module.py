@@ -74,6 +74,30 @@ def test_full_conditioning_dropout_trains_on_the_empty_prompt():
     assert not torch.equal(plain.training_step(batch, 0), plain.training_step(empty, 0))
 
 
+@pytest.mark.parametrize("logits_at_masked_only", [False, True])
+def test_unconditional_label_smoothing_applies_to_the_dropped_samples_only(logits_at_masked_only):
+    def step_loss(**objective):
+        module = AmusedModule("tiny", objective=ObjectiveSettings(cond_dropout_prob=1.0, **objective),
+                              memory=MemorySettings(logits_at_masked_only=logits_at_masked_only))
+        module.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                                   enable_progress_bar=False, enable_model_summary=False)
+        return module.training_step(batch_for(module), 0)
+
+    # Every sample is dropped here, so the unconditional share replaces the prompted one throughout (a per-token
+    # share sums in another order than a single float, hence the tolerance).
+    same = dict(rtol=1e-6, atol=0)
+    assert torch.allclose(step_loss(label_smoothing=0.0, unconditional_label_smoothing=0.3),
+                          step_loss(label_smoothing=0.3), **same)
+    assert torch.allclose(step_loss(label_smoothing=0.3, unconditional_label_smoothing=0.0),
+                          step_loss(label_smoothing=0.0), **same)
+    assert not torch.allclose(step_loss(label_smoothing=0.3), step_loss(label_smoothing=0.0), **same)
+
+
+def test_unconditional_label_smoothing_needs_conditioning_dropout():
+    with pytest.raises(ValueError, match=r"unconditional_label_smoothing=0.1 needs model.objective.cond_dropout_prob"):
+        ObjectiveSettings(cond_dropout_prob=0.0, unconditional_label_smoothing=0.1)
+
+
 def test_frozen_parts_stay_frozen_and_in_eval_mode():
     module = AmusedModule("tiny").train()
     model = module.model

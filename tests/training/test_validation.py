@@ -43,7 +43,7 @@ def test_held_out_loss_is_deterministic_and_uses_ema(tmp_path, toy_dataset):
         return {key: value.item() for key, value in cli.trainer.callback_metrics.items() if key.startswith("val/")}
 
     first, second = validate(), validate()
-    assert len(first) == 10 and first == second
+    assert len(first) == 11 and first == second and "val/context_gain" in first
     weights = {k: v.clone() for k, v in cli.model.state_dict().items()}
     cli.trainer.callbacks.remove(find_ema(cli.trainer))  # the same weights without the average
     raw = validate()
@@ -68,3 +68,22 @@ def test_held_out_loss_falls_on_quickstart_data(tmp_path):
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     losses = [value for _, value in scalars(tmp_path / "run", "val/loss")]
     assert len(losses) == 3 and losses[-1] < losses[1] < before - 1.0, (before, losses)
+
+
+def test_context_gain_is_the_accuracy_with_fewest_masked_minus_with_most():
+    from torchmetrics import MeanMetric
+
+    from amused_lightning.training.validation import context_warning, held_out_scores
+
+    ratios, accuracies = [0.25, 0.5, 1.0], [0.9, 0.7, 0.4]
+    losses, hits = [MeanMetric() for _ in ratios], [MeanMetric() for _ in ratios]
+    for loss, hit, accuracy in zip(losses, hits, accuracies):
+        loss.update(torch.tensor([1.0]))
+        hit.update(torch.tensor([accuracy]))
+    scores = held_out_scores(ratios, losses, hits)
+    assert scores["val/context_gain"].item() == pytest.approx(0.5)
+    assert context_warning(0.5, 100) is None and context_warning(-0.01, 0) is None
+    assert "no better when shown more of the image" in context_warning(-0.01, 100)
+    one = MeanMetric()
+    one.update(torch.tensor([1.0]))
+    assert "val/context_gain" not in held_out_scores([1.0], [one], [one.clone()])
