@@ -152,7 +152,7 @@ def main() -> None:
              "held-back prompts: cells right | held-back: clean images | held-back attributes drawn |",
              "|---|---|---|---|---|---|---|---|"]
     for name, scores in results.items():
-        table += [row(name, settings, scores) for settings, world in scores.items()]
+        table += [row(name, settings, world) for settings, world in scores.items()]
     table += [summary(f"quickstart, mean of {len(quickstarts)} seeds (worst)", quickstarts, settings)
               for settings in quickstarts[0]]
     lines = [f"`python scripts/toy_benchmark.py` on {datetime.date.today()}, torch {torch.__version__}, "
