@@ -40,7 +40,7 @@ def test_another_optimizer_class_is_refused_before_a_step(lora_run, toy_dataset,
     sgd = ("--model.optimizer", "torch.optim.SGD", "--model.optimizer.init_args.lr", "0.1")
     line = fails_with(capsys, *tiny_fit(lora_run, toy_dataset, *LORA, *sgd, "--ckpt_path", "last"))
     assert "model.optimizer changed on resume: torch.optim.adamw.AdamW -> torch.optim.sgd.SGD" in line, line
-    assert sorted(p.name for p in (lora_run / "checkpoints").iterdir()) == ["step=1.ckpt", "step=2.ckpt"]
+    assert sorted(p.name for p in (lora_run / "checkpoints").glob("*.ckpt")) == ["step=1.ckpt", "step=2.ckpt"]
 
 
 def test_the_other_checks_name_the_base_model_and_a_preset_seed():
