@@ -119,7 +119,8 @@ class ValidationImages(L.Callback):
         self.scores = scores = evaluate_image_metrics(pl_module.image_metrics, prompts, images)
         for logger in trainer.loggers if scores else []:
             logger.log_metrics(scores, step=grid.step)
-        pl_module.log_dict(scores, logger=False, rank_zero_only=True)  # for the progress line and other callbacks
+        if scores:  # for the progress line and other callbacks
+            pl_module.log_dict(scores, logger=False, rank_zero_only=True)
         if self.enabled:
             self.send(trainer, grid, images)
 
