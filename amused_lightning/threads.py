@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from functools import cache
@@ -54,11 +55,26 @@ def usable_cores() -> int:
 
 
 def load_average() -> float | None:
-    """The one-minute load average, where the platform has one."""
+    """The other work running as this process starts: the one-minute load average, or, where fewer, the other tasks
+    runnable right now (the average lags a minute behind work that has just ended, such as the previous run)."""
     try:
-        return os.getloadavg()[0]
+        average = os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
+    try:
+        samples = []
+        for _ in range(5):
+            with open("/proc/loadavg") as status:
+                samples.append(runnable_others(status.read()))
+            time.sleep(0.02)
+    except OSError:  # not Linux
+        return average
+    return min(average, sorted(samples)[len(samples) // 2])
+
+
+def runnable_others(loadavg: str) -> int:
+    """Tasks runnable at this moment besides this one, from /proc/loadavg ("0.16 0.86 1.39 2/111 30501")."""
+    return max(0, int(loadavg.split()[3].split("/")[0]) - 1)
 
 
 @cache

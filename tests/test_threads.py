@@ -46,3 +46,20 @@ def test_a_cpu_command_sets_torch_threads_and_says_so(monkeypatch, caplog):
         threads.set_cpu_threads()
     assert torch.get_num_threads() == 1
     assert caplog.messages == ["CPU: 1 torch thread (2 cores, load 5.3); set OMP_NUM_THREADS to override"]
+
+
+def test_runnable_others_leaves_this_process_out():
+    from amused_lightning import threads
+
+    assert threads.runnable_others("0.16 0.86 1.39 3/111 30501") == 2
+    assert threads.runnable_others("7.50 8.00 8.10 1/240 9") == 0
+
+
+def test_the_load_is_the_average_or_the_work_running_now_where_less(monkeypatch):
+    from amused_lightning import threads
+
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.7, 1.0, 0.5))
+    monkeypatch.setattr(threads, "runnable_others", lambda text: 0)  # the machine has just gone quiet
+    assert threads.load_average() == 0
+    monkeypatch.setattr(threads, "runnable_others", lambda text: 3)  # busier now than over the last minute
+    assert threads.load_average() == 1.7
