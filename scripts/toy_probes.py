@@ -48,23 +48,32 @@ def lower_head_rows(head: str) -> torch.Tensor:
     return lower
 
 
+def held_out_batch(parts: Components, count: int) -> tuple[list, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`count` held-out base-world characters with their image tokens and prompt embeddings (hidden, pooled)."""
+    characters = evaluation_characters("base", count)
+    tokens = encode_image_tokens(parts.vqvae, pixels_of(characters))
+    hidden, pooled = encode_prompts(parts.text_encoder, tokenize_prompts(parts.tokenizer,
+                                                                         [c.caption() for c in characters]))
+    return characters, tokens, hidden, pooled
+
+
+def predict(parts: Components, inputs: torch.Tensor, hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """The transformer's logits for full-image 64 px crops at the default aesthetic score."""
+    micro_conds = torch.tensor([64, 64, 0, 0, 6.0]).expand(inputs.shape[0], -1)
+    return parts.transformer(inputs, micro_conds=micro_conds, pooled_text_emb=pooled, encoder_hidden_states=hidden)
+
+
 @torch.no_grad()
 def context_probe(parts: Components, count: int = 32) -> dict[str, float]:
     """Mean probability of the true code of each held-out base-world character's two lower head rows, given the
     prompt and every other token ("revealed"), or the prompt alone ("masked"). A model that uses context gives the
     head's colour, seen in its upper rows, most of the probability; one that does not stays near 1/8."""
-    characters = evaluation_characters("base", count)
-    tokens = encode_image_tokens(parts.vqvae, pixels_of(characters))
-    hidden, pooled = encode_prompts(parts.text_encoder, tokenize_prompts(parts.tokenizer,
-                                                                         [c.caption() for c in characters]))
+    characters, tokens, hidden, pooled = held_out_batch(parts, count)
     targets = torch.stack([lower_head_rows(c.head) for c in characters])
     mask_id = parts.transformer.config.vocab_size - 1
-    micro_conds = torch.tensor([64, 64, 0, 0, 6.0]).expand(count, -1)
     probabilities = {}
     for name, hidden_cells in (("revealed", targets), ("masked", torch.ones_like(targets))):
-        inputs = torch.where(hidden_cells, mask_id, tokens)
-        logits = parts.transformer(inputs, micro_conds=micro_conds, pooled_text_emb=pooled,
-                                   encoder_hidden_states=hidden)
+        logits = predict(parts, torch.where(hidden_cells, mask_id, tokens), hidden, pooled)
         true = logits.float().softmax(dim=1).gather(1, tokens[:, None])[:, 0]
         probabilities[name] = float(true[targets].mean())
     return probabilities
@@ -74,15 +83,10 @@ def context_probe(parts: Components, count: int = 32) -> dict[str, float]:
 def masked_accuracy(parts: Components, ratio: float, count: int = 32) -> float:
     """Share of held-out base-world tokens predicted right (arg-max, given the prompt) with `ratio` of them masked
     at random (the same masks at every call)."""
-    characters = evaluation_characters("base", count)
-    tokens = encode_image_tokens(parts.vqvae, pixels_of(characters))
-    hidden, pooled = encode_prompts(parts.text_encoder, tokenize_prompts(parts.tokenizer,
-                                                                         [c.caption() for c in characters]))
+    _, tokens, hidden, pooled = held_out_batch(parts, count)
     generator = torch.Generator().manual_seed(0)
     masked = random_token_mask(torch.full((count,), ratio), tokens[0].numel(), generator).view_as(tokens)
-    inputs = torch.where(masked, parts.transformer.config.vocab_size - 1, tokens)
-    logits = parts.transformer(inputs, micro_conds=torch.tensor([64, 64, 0, 0, 6.0]).expand(count, -1),
-                               pooled_text_emb=pooled, encoder_hidden_states=hidden)
+    logits = predict(parts, torch.where(masked, parts.transformer.config.vocab_size - 1, tokens), hidden, pooled)
     return float((logits.argmax(dim=1) == tokens)[masked].float().mean())
 
 

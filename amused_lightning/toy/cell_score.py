@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
-from amused_lightning.toy.world import GRID, PALETTE, PARTS, Character, cell_parts, ideal_cells
+from amused_lightning.toy.world import GRID, PALETTE, PARTS, Character, cell_parts, ideal_cells, per_cell
 
 CLEAN = 0.98
 """Share of cells an image (or a part of it) needs right to count as clean: at most 5 of the 256 cells wrong."""
@@ -28,9 +28,7 @@ def read_cells(image: Image.Image) -> np.ndarray:
     if pixels.shape[0] != pixels.shape[1] or pixels.shape[0] % GRID:
         raise ValueError(f"image size {image.size} must be square and a multiple of {GRID} pixels")
     nearest = ((pixels[:, :, None, :] - COLOURS) ** 2).sum(-1).argmin(-1)
-    cell = pixels.shape[0] // GRID
-    per_cell = nearest.reshape(GRID, cell, GRID, cell).transpose(0, 2, 1, 3).reshape(GRID, GRID, cell * cell)
-    counts = (per_cell[..., None] == np.arange(len(COLOURS))).sum(-2)
+    counts = (per_cell(nearest, pixels.shape[0] // GRID)[..., None] == np.arange(len(COLOURS))).sum(-2)
     return counts.argmax(-1)
 
 

@@ -86,11 +86,15 @@ def draw_character(character: Character, size: int) -> Image.Image:
     return paint(image, character.head, fills, size // GRID)
 
 
+def per_cell(pixels: np.ndarray, cell: int) -> np.ndarray:
+    """(16, 16, cell * cell) the values of each cell of a (16 * cell, 16 * cell) array, cell by cell."""
+    return pixels.reshape(GRID, cell, GRID, cell).transpose(0, 2, 1, 3).reshape(GRID, GRID, cell * cell)
+
+
 def cell_parts(head: str, cell: int = 4) -> np.ndarray:
     """(16, 16) index into PARTS of the part covering most of each cell of a character with `head` drawn `cell`
     pixels a cell (the front part on a tie): the layout of the ideal, cell-by-cell drawing."""
-    labels = np.asarray(paint(Image.new("L", (GRID * cell,) * 2, 0), head, (1, 2, 3), cell))
-    labels = labels.reshape(GRID, cell, GRID, cell).transpose(0, 2, 1, 3).reshape(GRID, GRID, cell * cell)
+    labels = per_cell(np.asarray(paint(Image.new("L", (GRID * cell,) * 2, 0), head, (1, 2, 3), cell)), cell)
     counts = np.stack([(labels == part).sum(-1) for part in range(len(PARTS))], axis=-1)
     return len(PARTS) - 1 - counts[..., ::-1].argmax(-1)
 
