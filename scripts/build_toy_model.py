@@ -22,6 +22,8 @@ import diffusers
 import numpy as np
 import torch
 from diffusers import AmusedScheduler, UVit2DModel, VQModel
+from toy_probes import probe_line
+from train_toy_vq import SIZE, train_vq
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -41,8 +43,6 @@ from amused_lightning.toy.world import (
 )
 from amused_lightning.training.loss import masked_token_loss
 from amused_lightning.training.masking import apply_mask, random_token_mask, sample_mask_ratios
-from toy_probes import probe_line
-from train_toy_vq import SIZE, train_vq
 
 TEXT_WIDTH = 64
 

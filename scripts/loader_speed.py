@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from amused_lightning.model.components import load_components
 from amused_lightning.data import AmusedDataModule, ImageFolder
+from amused_lightning.model.components import load_components
 from amused_lightning.model.encoding import FrozenEncoders
 
 

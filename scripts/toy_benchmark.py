@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 import yaml
 from PIL import Image
+from toy_probes import context_probe, vq_code_accuracy
 
 from amused_lightning.callbacks.validation_images import image_grid
 from amused_lightning.model.amused import AmusedModel
 from amused_lightning.model.decoding import GenerationSettings
 from amused_lightning.toy.image_metrics import ToyWorldScore
 from amused_lightning.toy.world import evaluation_characters
-from toy_probes import context_probe, vq_code_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART_DATA = ["scripts/make_toy_dataset.py", "data/toy-teal-crown", "--world", "finetune", "--num-images",

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from diffusers import VQModel
 
-from amused_lightning.toy.cell_score import read_cells
 from amused_lightning.model.components import Components, load_components
 from amused_lightning.model.decoding import decode_image_tokens, to_pil
 from amused_lightning.model.encoding import encode_image_tokens, encode_prompts, tokenize_prompts
-from amused_lightning.training.masking import random_token_mask
+from amused_lightning.toy.cell_score import read_cells
 from amused_lightning.toy.world import PARTS, cell_parts, draw_character, evaluation_characters, ideal_cells
+from amused_lightning.training.masking import random_token_mask
 
 HEAD = PARTS.index("head")
 

@@ -104,8 +104,8 @@ def train_vq(steps: int, batch_size: int, seed: int, log_every: int) -> VQModel:
 def code_accuracy(vq: VQModel, count: int = 256, seed: int = 12345) -> tuple[float, float]:
     """Share of cells of fresh images (characters and mosaics) encoded to their colour's code, and share of codes
     decoded to a cell read back as their colour."""
-    from amused_lightning.toy.cell_score import read_cells
     from amused_lightning.model.decoding import to_pil
+    from amused_lightning.toy.cell_score import read_cells
 
     pixels, cells = training_batch(count, seed)
     encoded = code_logits(vq, pixels).argmax(1)

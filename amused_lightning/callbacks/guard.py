@@ -1,7 +1,8 @@
 """Non-finite values never reach the weights: a NaN or infinite loss or gradient stops the run before the optimizer
 step, and no checkpoint is written with a non-finite weight. Under fp16 the loss scaler's skipped steps are counted.
-With a fused optimizer (which can skip an update on the device) the check costs no host-device synchronisation: the
-update of a non-finite step is skipped where it runs, and the run stops at the next step or checkpoint."""
+With a fused optimizer on an accelerator (which can skip an update on the device) the check costs no host-device
+synchronisation: the update of a non-finite step is skipped where it runs, and the run stops at the next step or
+checkpoint."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     leaving weights, moments and step count as they were."""
     return getattr(optimizer, "_step_supports_amp_scaling", False) and all(
         group.get("fused") for group in optimizer.param_groups)
+
+
+def defers_check(optimizer: torch.optim.Optimizer, device: torch.device) -> bool:
+    """Whether a step's check may be read later: the optimizer skips a non-finite update itself, and the flags live
+    on an accelerator, where reading them now would stall the host. On a CPU they are as cheap to read at once."""
+    return device.type != "cpu" and skips_on_device(optimizer)
 
 
 class PendingCheck:
@@ -117,7 +124,8 @@ class NonFiniteGuard(L.Callback):
         losses, self._losses = self._losses, []
         grads = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
         checked = [*losses, *(grad for _, grad in grads)]
-        if checked and not self._scaled(trainer) and optimizer is not None and skips_on_device(optimizer):
+        if checked and not self._scaled(trainer) and optimizer is not None and defers_check(optimizer,
+                                                                                           checked[0].device):
             # No wait for the device: the optimizer skips the update itself if anything is not finite, and the
             # flags are read at the next step or checkpoint, when they have long arrived.
             flags = finite_flags(checked)

@@ -168,7 +168,8 @@ def explain(message: str, options: dict[str, bool], given: list[str]) -> str:
     message = " ".join(message.split())
     explainers: list[Callable[[], str | None]] = [
         lambda: missing_required(message, options, given), lambda: unknown_option(message, options, given),
-        lambda: unknown_key(message, options), lambda: unaccepted_option(message), lambda: unknown_class(message), lambda: union_reason(message)]
+        lambda: unknown_key(message, options), lambda: unaccepted_option(message), lambda: unknown_class(message),
+        lambda: union_reason(message)]
     return next((line for line in (explainer() for explainer in explainers) if line), message)
 
 

@@ -10,6 +10,7 @@ import lightning as L
 from amused_lightning.callbacks.final_export import FinalExport
 from amused_lightning.errors import ExistingOutputError
 from amused_lightning.run.checkpoint import RunCheckpoint
+from amused_lightning.run.checkpoint_file import stream_checkpoints
 from amused_lightning.run.folder import RunFolder
 from amused_lightning.training.record import fit_checkpoint
 from amused_lightning.training.resume import check_ckpt_path, check_resume_settings, resolve_last
@@ -28,6 +29,7 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDa
     resumed = ckpt_path is not None
     ckpt_path = resume_point(ckpt_path, RunFolder(trainer.default_root_dir), module)
     datamodule.connect(module.model.frozen_encoders())
+    stream_checkpoints(trainer)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if needs_final_validation(trainer, module, resumed):
         trainer.validate(module, datamodule=datamodule, verbose=False)

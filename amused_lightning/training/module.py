@@ -36,6 +36,7 @@ from amused_lightning.training.optim import (
     lr_schedule,
     parameter_groups,
     reapply_settings,
+    with_fused_step,
 )
 from amused_lightning.training.record import run_record
 from amused_lightning.training.settings import (
@@ -269,10 +270,11 @@ class AmusedModule(L.LightningModule):
                 log.info(line)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """The configured optimizer over the trained parameters, in weight-decay groups."""
+        """The configured optimizer over the trained parameters, in weight-decay groups; torch's Adam and AdamW take
+        their fused step unless told otherwise (`with_fused_step`)."""
         model = self.model
-        return self.optimizer_factory(parameter_groups([model.transformer, model.text_encoder],
-                                                       model.spec.finetuning.no_decay))
+        return with_fused_step(self.optimizer_factory(parameter_groups([model.transformer, model.text_encoder],
+                                                                       model.spec.finetuning.no_decay)))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trained = self.model.trained_keys()

@@ -11,7 +11,14 @@ import torch
 from torch import nn
 
 from amused_lightning.__main__ import main
-from amused_lightning.callbacks.guard import NonFiniteGuard, SkipCounter, skips_on_device, where_to_continue
+from amused_lightning.callbacks import guard as guard_module
+from amused_lightning.callbacks.guard import (
+    NonFiniteGuard,
+    SkipCounter,
+    defers_check,
+    skips_on_device,
+    where_to_continue,
+)
 from amused_lightning.errors import NonFiniteError
 from amused_lightning.training import module
 
@@ -26,7 +33,8 @@ def finite_checkpoint(path) -> int:
 
 
 def test_a_nan_loss_stops_before_the_update(tmp_path, toy_dataset, capsys):
-    # lr 1e30 in fp32: the first update makes the weights huge, the next forward pass gives a NaN loss.
+    # lr 1e30 in fp32: the first update makes the weights huge, the next forward pass gives a NaN loss. The run's
+    # AdamW is fused (the default), and on a CPU its check is read at once all the same.
     with pytest.raises(SystemExit) as exit_info:
         main(tiny_fit(tmp_path, toy_dataset, "--trainer.max_steps", "5", "--model.optimizer.init_args.lr", "1e30",
                       "--checkpoint.every_n_train_steps", "1",
@@ -121,10 +129,23 @@ def test_the_skip_limit_is_checked(tmp_path, toy_dataset, capsys):
     assert "guard.max_skipped_in_a_row=0 must be at least 1" in line
 
 
-def test_a_fused_optimizer_skips_the_non_finite_update_and_the_next_check_names_it():
+@pytest.fixture
+def deferred_on_cpu(monkeypatch):
+    """The check an accelerator's fused step defers, run on this CPU."""
+    monkeypatch.setattr(guard_module, "defers_check", lambda optimizer, device: skips_on_device(optimizer))
+
+
+def test_only_a_fused_step_on_an_accelerator_defers_its_check():
+    net = nn.Linear(2, 1)
+    fused, looped = torch.optim.AdamW(net.parameters(), fused=True), torch.optim.AdamW(net.parameters())
+    assert skips_on_device(fused) and not skips_on_device(looped)
+    assert defers_check(fused, torch.device("cuda", 0)) and not defers_check(looped, torch.device("cuda", 0))
+    assert not defers_check(fused, torch.device("cpu")), "nothing to wait for on a CPU"
+
+
+def test_a_fused_optimizer_skips_the_non_finite_update_and_the_next_check_names_it(deferred_on_cpu):
     net = nn.Linear(2, 1)
     optimizer = torch.optim.AdamW(net.parameters(), fused=True)
-    assert skips_on_device(optimizer) and not skips_on_device(torch.optim.AdamW(net.parameters()))
     for param in net.parameters():
         param.grad = torch.ones_like(param)
     net.bias.grad[0] = float("nan")
@@ -143,7 +164,7 @@ def test_a_fused_optimizer_skips_the_non_finite_update_and_the_next_check_names_
 
 
 def test_a_fused_run_stops_at_the_step_after_a_nan_and_saves_nothing_of_it(tmp_path, toy_dataset, capsys,
-                                                                           monkeypatch):
+                                                                           monkeypatch, deferred_on_cpu):
     original, calls = module.masked_token_loss, []
 
     def nan_from_the_third_step(*args):

@@ -1,4 +1,5 @@
-"""`validate` of a checkpoint: labelled with the checkpoint's step, in a TensorBoard run of its own, with every score."""
+"""`validate` of a checkpoint: labelled with the checkpoint's step, in a TensorBoard run of its own, with every
+score."""
 
 from __future__ import annotations
 
