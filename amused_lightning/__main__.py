@@ -11,7 +11,7 @@ from typing import NamedTuple
 from amused_lightning.commands.console import Console, apply_lightning_level, configure, take_switches
 from amused_lightning.errors import one_line, user_error_types
 from amused_lightning.run.lock import is_first_process
-from amused_lightning.threads import wait_passively
+from amused_lightning.threads import choose_waiting, load_average
 
 
 class Command(NamedTuple):
@@ -85,7 +85,7 @@ def run_command_line(argv: list[str]) -> None:
               "(see `python -m amused_lightning --help`)", file=sys.stderr)
         raise SystemExit(2)
     configure(console)
-    wait_passively(os.environ)  # before torch loads its OpenMP runtime, which reads it once
+    choose_waiting(load_average(), os.environ)  # before torch loads its OpenMP runtime, which reads it once
     run(argv[0], argv[1:], console)
 
 

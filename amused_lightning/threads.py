@@ -1,6 +1,6 @@
 """CPU threads that a busy machine does not make collapse: as many torch threads as there are cores the other work
-leaves free (at least one), threads that sleep rather than spin while they wait for each other, and one line saying
-what was chosen. OMP_NUM_THREADS, when set, wins."""
+leaves free (at least one), threads that sleep rather than spin while they wait for each other where other work
+runs, and one line saying what was chosen. OMP_NUM_THREADS (and OMP_WAIT_POLICY), when set, win."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ log = logging.getLogger(__name__)
 
 THREADS_ENV = "OMP_NUM_THREADS"
 # Read by the OpenMP runtime when torch loads (GNU's, and Intel's KMP_BLOCKTIME): waiting threads sleep at once
-# instead of spinning, so they do not take the cores the thread they wait for needs.
+# instead of spinning, so they do not take the cores the thread they wait for needs. On an idle machine the runtime's
+# own policy (spin briefly, then sleep) stays: sleeping at each of the thousands of parallel regions in a small
+# model's step made two threads 2.5x slower than one there (BENCHMARKS.md, "CPU threads on a busy machine").
 PASSIVE_WAITING = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 
 
@@ -33,15 +35,24 @@ def choose_threads(cores: int, load: float | None, env: Mapping[str, str]) -> Th
     given = env.get(THREADS_ENV, "").strip()
     if given:
         return ThreadChoice(None, f"CPU: torch threads as {THREADS_ENV}={given} sets them")
-    free = cores if load is None else int(cores - load + 0.5)
+    free = cores if load is None else cores - other_tasks(load)
     threads = max(1, min(cores, free))
     measured = "load not known" if load is None else f"load {load:.1f}"
-    return ThreadChoice(threads, f"CPU: {threads} torch thread{'s' * (threads > 1)} ({cores} cores, {measured}); "
-                                 f"set {THREADS_ENV} to override")
+    waits = "; sleeping waits" if env.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" and threads > 1 else ""
+    return ThreadChoice(threads, f"CPU: {threads} torch thread{'s' * (threads > 1)} ({cores} cores, {measured}"
+                                 f"{waits}); set {THREADS_ENV} to override")
 
 
-def wait_passively(env: MutableMapping[str, str]) -> None:
-    """Ask the OpenMP runtime for sleeping waits, unless the user chose a policy; only has effect before torch loads."""
+def other_tasks(load: float) -> int:
+    """The load as a number of busy cores (rounded)."""
+    return int(load + 0.5)
+
+
+def choose_waiting(load: float | None, env: MutableMapping[str, str]) -> None:
+    """Ask the OpenMP runtime for sleeping waits where other work runs (or the load is not known), unless the user chose
+    a policy; only has effect before torch loads."""
+    if load is not None and other_tasks(load) == 0:
+        return
     for name, value in PASSIVE_WAITING.items():
         env.setdefault(name, value)
 

@@ -1,10 +1,11 @@
-"""CPU threads: one per core the other work leaves free, OMP_NUM_THREADS as the user set it, waits that sleep."""
+"""CPU threads: one per core the other work leaves free, OMP_NUM_THREADS as the user set it, waits that sleep where
+other work runs."""
 
 from __future__ import annotations
 
 import pytest
 
-from amused_lightning.threads import choose_threads, wait_passively
+from amused_lightning.threads import choose_threads, choose_waiting
 
 
 @pytest.mark.parametrize(("cores", "load", "threads"), [
@@ -25,10 +26,22 @@ def test_omp_num_threads_wins():
     assert choice.threads is None and choice.line == "CPU: torch threads as OMP_NUM_THREADS=2 sets them"
 
 
-def test_waits_sleep_unless_the_user_chose_a_policy():
+@pytest.mark.parametrize(("load", "sleeps"), [(0.0, False), (0.4, False), (0.6, True), (7.5, True), (None, True)])
+def test_waits_sleep_where_other_work_runs(load, sleeps):
+    env = {}
+    choose_waiting(load, env)
+    assert env == ({"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"} if sleeps else {})
+
+
+def test_a_policy_the_user_chose_is_kept():
     env = {"OMP_WAIT_POLICY": "ACTIVE"}
-    wait_passively(env)
+    choose_waiting(3.0, env)
     assert env == {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": "0"}
+
+
+def test_the_line_says_when_threads_sleep_while_they_wait():
+    line = choose_threads(8, 2.0, {"OMP_WAIT_POLICY": "PASSIVE"}).line
+    assert line == "CPU: 6 torch threads (8 cores, load 2.0; sleeping waits); set OMP_NUM_THREADS to override"
 
 
 def test_a_cpu_command_sets_torch_threads_and_says_so(monkeypatch, caplog):
