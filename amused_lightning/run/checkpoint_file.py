@@ -17,9 +17,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 def save_atomically(checkpoint: dict[str, Any], path: Path) -> None:
     """torch.save `checkpoint` to `path` through a temporary file in its folder: a save that fails or is killed
-    leaves the previous file whole and no partial one under the target's name."""
+    leaves the previous file whole and no partial one under the target's name. One process writes a run's checkpoints
+    (the run folder's lock), so the temporary name is fixed: a save killed outright leaves it for the next to
+    overwrite, not a new one each time."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial = path.with_name(f".{path.name}.partial")
     try:
         # os.open with 0o666 (not tempfile's 0o600): the checkpoint gets the mode the user's umask gives new files.
         with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), "wb") as file:

@@ -48,7 +48,9 @@ def test_a_checkpoint_streams_to_disk_and_loads_back(tmp_path):
 
 def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path):
     path = tmp_path / "last.ckpt"
+    (tmp_path / ".last.ckpt.partial").write_bytes(b"left by a save that was killed")
     save_atomically(checkpoint(1), path)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"], "the next save replaces what a killed one left"
     before = path.read_bytes()
     with pytest.raises(RuntimeError, match="cannot be saved"):
         save_atomically({**checkpoint(1), "global_step": 8, "extra": Unpicklable()}, path)
