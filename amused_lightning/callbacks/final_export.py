@@ -19,9 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def release_optimizer_state(trainer: L.Trainer) -> None:
-    """Free the optimizer's state of a fit that is over (its checkpoint holds it): the export reloads the base model
-    beside the trained one, and a full finetune's AdamW moments (4.8 GB for amused-256) need not sit under it."""
+    """Free the optimizer's state and the last gradients of a fit that is over (its checkpoint holds what a resume
+    needs): the export reloads the base model beside the trained one, and a full finetune's AdamW moments and
+    gradients (7.2 GB for amused-256) need not sit under it."""
     for optimizer in trainer.optimizers:
+        optimizer.zero_grad(set_to_none=True)
         optimizer.state.clear()
 
 
