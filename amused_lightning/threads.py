@@ -65,9 +65,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+@cache
 def load_average() -> float | None:
-    """The other work running as this process starts: the one-minute load average, or, where fewer, the other tasks
-    runnable right now (the average lags a minute behind work that has just ended, such as the previous run)."""
+    """The other work running as this process starts (measured once: the waiting policy and the thread count are
+    chosen from the same figure): the one-minute load average, or, where fewer, the other tasks runnable right now
+    (the average lags a minute behind work that has just ended, such as the previous run)."""
     try:
         average = os.getloadavg()[0]
     except (AttributeError, OSError):

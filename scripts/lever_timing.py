@@ -1,10 +1,11 @@
-"""CPU time of the memory levers that cost any: VQ decoding one image at a time, and the host-memory optimizer.
+"""CPU time of the levers that cost or save any: VQ decoding one image at a time, and AdamW's step on the host.
 
     python scripts/lever_timing.py [--images 2] [--resolution 256] [--params 50000000] [--repeats 2]
 
 Decoding uses the real VQ architecture (`amused-256-arch`, random weights). The optimizer timing is AdamW's update
-on the host (what OffloadedAdamW adds to a GPU step, besides its two copies over PCIe) for `--params` fp32 weights,
-per step and extrapolated to the 603 M-parameter transformer.
+on the CPU for `--params` fp32 weights, per step and extrapolated to the 603 M-parameter transformer, run three ways:
+torch's loop over the weights (its default on a CPU, and the reference's), foreach (what OffloadedAdamW runs on the
+host, besides its two copies over PCIe), and fused (what `fit` takes unless told otherwise).
 """
 
 from __future__ import annotations
@@ -39,12 +40,15 @@ def decode_timing(images: int, resolution: int, repeats: int) -> tuple[float, fl
             best_seconds(lambda: decode_image_tokens(vqvae, tokens, 1), repeats))
 
 
-def host_adamw_seconds(params: int, repeats: int) -> float:
-    """Seconds of one foreach AdamW step on the host over `params` fp32 weights in 1 M-element tensors."""
+STEP_KINDS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def adamw_step_seconds(params: int, repeats: int, kind: str) -> float:
+    """Seconds of one AdamW step on the CPU over `params` fp32 weights in 1 M-element tensors, run as `kind`."""
     weights = [torch.zeros(1_000_000, requires_grad=True) for _ in range(params // 1_000_000)]
     for weight in weights:
         weight.grad = torch.zeros_like(weight)
-    optimizer = torch.optim.AdamW(weights, foreach=True)
+    optimizer = torch.optim.AdamW(weights, **STEP_KINDS[kind])
     return best_seconds(optimizer.step, repeats)
 
 
@@ -58,10 +62,11 @@ def main() -> None:
     batched, single = decode_timing(args.images, args.resolution, args.repeats)
     print(f"VQ decode of {args.images} images at {args.resolution} px: batched {batched:.2f} s, one at a time "
           f"{single:.2f} s ({single / batched:.2f}x)")
-    step = host_adamw_seconds(args.params, args.repeats)
-    print(f"host AdamW step, {args.params / 1e6:.0f} M params: {step:.3f} s; scaled to the transformer's "
-          f"{TRANSFORMER_PARAMS / 1e6:.0f} M: {step * TRANSFORMER_PARAMS / args.params:.2f} s per optimizer step "
-          f"({torch.get_num_threads()} threads)")
+    for kind in STEP_KINDS:
+        step = adamw_step_seconds(args.params, args.repeats, kind)
+        print(f"AdamW step ({kind}), {args.params / 1e6:.0f} M params: {step:.3f} s; scaled to the transformer's "
+              f"{TRANSFORMER_PARAMS / 1e6:.0f} M: {step * TRANSFORMER_PARAMS / args.params:.2f} s per optimizer step "
+              f"({torch.get_num_threads()} threads)")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,10 @@ def test_the_load_is_the_average_or_the_work_running_now_where_less(monkeypatch)
 
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.7, 1.0, 0.5))
     monkeypatch.setattr(threads, "runnable_others", lambda text: 0)  # the machine has just gone quiet
+    threads.load_average.cache_clear()
     assert threads.load_average() == 0
     monkeypatch.setattr(threads, "runnable_others", lambda text: 3)  # busier now than over the last minute
+    assert threads.load_average() == 0, "measured once per process"
+    threads.load_average.cache_clear()
     assert threads.load_average() == 1.7
+    threads.load_average.cache_clear()

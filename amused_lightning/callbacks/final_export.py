@@ -24,7 +24,7 @@ def release_optimizer_state(trainer: L.Trainer) -> None:
     gradients (7.2 GB for amused-256) need not sit under it."""
     for optimizer in trainer.optimizers:
         optimizer.zero_grad(set_to_none=True)
-        optimizer.state.clear()
+        getattr(optimizer, "release_state", optimizer.state.clear)()  # OffloadedAdamW keeps its state on the host
 
 
 class FinalExport(L.Callback):

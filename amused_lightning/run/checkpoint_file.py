@@ -9,22 +9,26 @@ import os
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import lightning as L
 import torch
-from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+PARTIAL_NAME = ".checkpoint.partial"
+"""The file a checkpoint is written to before it takes its name. One process writes a run's checkpoints, one at a
+time (the run folder's lock), so one name per folder: a save killed outright leaves it for the next save to replace,
+whichever checkpoint that is, not a new one each time."""
 
 
 def save_atomically(checkpoint: dict[str, Any], path: Path) -> None:
-    """torch.save `checkpoint` to `path` through a temporary file in its folder: a save that fails or is killed
-    leaves the previous file whole and no partial one under the target's name. One process writes a run's checkpoints
-    (the run folder's lock), so the temporary name is fixed: a save killed outright leaves it for the next to
-    overwrite, not a new one each time."""
+    """torch.save `checkpoint` to `path` through PARTIAL_NAME in its folder: a save that fails, or whose process is
+    killed, leaves the previous file whole and nothing under the target's name (a crash of the machine itself may
+    still lose what the disk had not written: nothing is forced to disk, as Lightning's writer forces nothing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+    partial = path.parent / PARTIAL_NAME
+    partial.unlink(missing_ok=True)  # a new file takes the mode the umask gives, as `open` creates it
     try:
-        # os.open with 0o666 (not tempfile's 0o600): the checkpoint gets the mode the user's umask gives new files.
-        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), "wb") as file:
+        with open(partial, "wb") as file:
             torch.save(checkpoint, file)
         os.replace(partial, path)
     finally:
@@ -36,11 +40,12 @@ class StreamingCheckpointIO(TorchCheckpointIO):
     go through Lightning's own writer."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        protocol = get_filesystem(path).protocol  # "file", or ("file", "local") in newer fsspec
+        filesystem, local_path = fsspec.core.url_to_fs(str(path))  # "file:///x" -> "/x"
+        protocol = filesystem.protocol  # "file", or ("file", "local") in newer fsspec
         if storage_options is not None or "file" not in (protocol if isinstance(protocol, tuple) else (protocol,)):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        save_atomically(checkpoint, Path(path))
+        save_atomically(checkpoint, Path(local_path))
 
 
 def stream_checkpoints(trainer: L.Trainer) -> None:

@@ -60,6 +60,10 @@ class OffloadedAdamW(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         return self.host.state_dict()
 
+    def release_state(self) -> None:
+        """Free the moments in host memory (once the fit is over and its checkpoint holds them)."""
+        self.host.state.clear()
+
     def load_state_dict(self, state_dict: dict) -> None:
         self.host.load_state_dict(state_dict)
         # The host copies start from the device weights, which a resumed run has already restored.

@@ -45,7 +45,7 @@ FUSED_DEVICES = ("cpu", "cuda")
 def with_fused_step(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """`optimizer` rebuilt with `fused=True` when it is torch's Adam or AdamW, neither `fused` nor `foreach` was
     chosen, and every weight it updates is a floating tensor on the CPU or a CUDA device; else `optimizer` itself.
-    Torch's default on a CPU is a loop over the weights, 2.5-3x slower than the one fused kernel (BENCHMARKS.md)."""
+    Torch's default on a CPU is a loop over the weights, about 3x slower than the one fused kernel (BENCHMARKS.md)."""
     defaults = optimizer.defaults
     if (type(optimizer) not in FUSED_CLASSES or defaults.get("fused") is not None
             or defaults.get("foreach") is not None or defaults.get("differentiable")):
@@ -84,6 +84,24 @@ def check_same_optimizer(saved: str | None, optimizer: torch.optim.Optimizer) ->
                            "trainer.default_root_dir")
 
 
+# Group settings that choose how the step runs, not what it computes: applied on resume without a line (a
+# checkpoint written before the fused step was the default says fused None).
+HOW_IT_STEPS = ("fused", "foreach")
+
+
+def place_step_counts(optimizer: torch.optim.Optimizer) -> None:
+    """Put each weight's step count where a fused or capturable step reads it (on the weight's device, float32):
+    a checkpoint's state written by the loop over the weights keeps it on the CPU, which a fused CUDA step refuses."""
+    for group in optimizer.param_groups:
+        if not (group.get("fused") or group.get("capturable")):
+            continue
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            step = state.get("step")
+            if torch.is_tensor(step) and (step.device != param.device or step.dtype != torch.float32):
+                state["step"] = step.to(param.device, torch.float32)
+
+
 def reapply_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
                      configured: list[dict[str, Any]]) -> list[str]:
     """After a checkpoint's optimizer and scheduler states were loaded: the configured settings replace those it
@@ -93,8 +111,10 @@ def reapply_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr
         for key, value in settings.items():
             if group.get(key) != value:
                 name = "learning rate" if key == "initial_lr" else f"model.optimizer {key}"
-                changed.setdefault(name, f"{name} changed on resume: {group.get(key)} -> {value}")
+                if key not in HOW_IT_STEPS:
+                    changed.setdefault(name, f"{name} changed on resume: {group.get(key)} -> {value}")
                 group[key] = value
+    place_step_counts(optimizer)
     scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     rates = [base * rate(scheduler.last_epoch) for rate, base in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
     for group, lr in zip(optimizer.param_groups, rates):

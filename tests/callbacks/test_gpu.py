@@ -60,6 +60,23 @@ def test_benchmark_gpu_row_reports_memory_and_mfu():
     assert result["validation_gb"] > 0 and result["samples_per_s"] > 0
 
 
+def test_a_state_from_the_loop_resumes_into_the_fused_cuda_step():
+    from amused_lightning.training.optim import group_settings, reapply_settings, with_fused_step
+
+    weight = torch.nn.Parameter(torch.ones(3, device="cuda"))
+    looped = torch.optim.AdamW([weight], lr=0.1, foreach=False)
+    weight.grad = torch.ones_like(weight)
+    looped.step()
+    saved = looped.state_dict()
+    saved["param_groups"][0]["foreach"] = None  # as the default AdamW of an earlier version saved it
+    fused = with_fused_step(torch.optim.AdamW([weight], lr=0.1))
+    configured = group_settings(fused)
+    fused.load_state_dict(saved)
+    reapply_settings(fused, torch.optim.lr_scheduler.LambdaLR(fused, lambda step: 1.0), configured)
+    fused.step()  # the fused kernel refuses step counts left on the CPU
+    assert fused.state[weight]["step"].item() == 2
+
+
 @pytest.mark.parametrize("reference_class, offloaded_class", [(torch.optim.AdamW, OffloadedAdamW),
                                                               (bitsandbytes.optim.AdamW8bit, OffloadedAdamW8bit)])
 def test_offloaded_optimizers_move_cuda_weights_as_their_on_device_reference(reference_class, offloaded_class):

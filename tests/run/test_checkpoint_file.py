@@ -10,7 +10,13 @@ import pytest
 import torch
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
-from amused_lightning.run.checkpoint_file import StreamingCheckpointIO, save_atomically, stream_checkpoints
+from amused_lightning.run import checkpoint_file
+from amused_lightning.run.checkpoint_file import (
+    PARTIAL_NAME,
+    StreamingCheckpointIO,
+    save_atomically,
+    stream_checkpoints,
+)
 
 from helpers import fit
 
@@ -46,25 +52,45 @@ def test_a_checkpoint_streams_to_disk_and_loads_back(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "no temporary file is left"
 
 
-def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path):
+def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
-    (tmp_path / ".last.ckpt.partial").write_bytes(b"left by a save that was killed")
+    (tmp_path / PARTIAL_NAME).write_bytes(b"left by a save of another checkpoint that was killed")
     save_atomically(checkpoint(1), path)
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"], "the next save replaces what a killed one left"
     before = path.read_bytes()
     with pytest.raises(RuntimeError, match="cannot be saved"):
         save_atomically({**checkpoint(1), "global_step": 8, "extra": Unpicklable()}, path)
+
+    def disk_full_halfway(obj, file):
+        file.write(b"PK half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_file.torch, "save", disk_full_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        save_atomically(checkpoint(1), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 def test_a_checkpoint_gets_the_mode_of_the_umask(tmp_path):
+    (tmp_path / PARTIAL_NAME).write_bytes(b"left by a killed save")
+    (tmp_path / PARTIAL_NAME).chmod(0o600)
     old = os.umask(0o027)
     try:
         save_atomically(checkpoint(1), tmp_path / "last.ckpt")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "last.ckpt").stat().st_mode) == 0o640
+
+
+def test_file_urls_are_local_and_other_filesystems_keep_lightnings_writer(tmp_path):
+    import fsspec
+
+    StreamingCheckpointIO().save_checkpoint(checkpoint(1), f"file://{tmp_path}/a/last.ckpt")
+    assert torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["global_step"] == 7
+    StreamingCheckpointIO().save_checkpoint(checkpoint(1), "memory://run/last.ckpt")
+    with fsspec.open("memory://run/last.ckpt", "rb") as file:
+        assert torch.load(file, weights_only=True)["global_step"] == 7
 
 
 def test_the_default_writer_is_replaced_and_a_chosen_one_kept():

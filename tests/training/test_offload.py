@@ -43,6 +43,18 @@ def test_offloaded_optimizer_state_round_trips(optimizer_class):
 
 
 @pytest.mark.parametrize("optimizer_class", [OffloadedAdamW, OffloadedAdamW8bit])
+def test_the_export_releases_the_moments_held_on_the_host(optimizer_class):
+    from types import SimpleNamespace
+
+    from amused_lightning.callbacks.final_export import release_optimizer_state
+
+    net, optimizer = train_two_layer_net(optimizer_class, steps=1, width=1500)
+    assert optimizer.host.state
+    release_optimizer_state(SimpleNamespace(optimizers=[optimizer]))
+    assert not optimizer.host.state and all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.parametrize("optimizer_class", [OffloadedAdamW, OffloadedAdamW8bit])
 def test_offloaded_optimizer_trains_and_resumes_exactly(tmp_path, toy_dataset, optimizer_class):
     common = ("--data.batch_size", "2", "--trainer.accumulate_grad_batches", "2", "--checkpoint.every_n_train_steps",
               "2", "--model.optimizer", f"amused_lightning.training.offload.{optimizer_class.__name__}",
