@@ -15,7 +15,9 @@ from amused_lightning.callbacks import guard as guard_module
 from amused_lightning.callbacks.guard import (
     NonFiniteGuard,
     SkipCounter,
+    all_finite,
     defers_check,
+    first_non_finite,
     skips_on_device,
     where_to_continue,
 )
@@ -46,6 +48,18 @@ def test_a_nan_loss_stops_before_the_update(tmp_path, toy_dataset, capsys):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt", "step=1.ckpt"]
     assert finite_checkpoint(tmp_path / "checkpoints" / "last.ckpt") == 1
     assert not (tmp_path / "export").exists() and not (tmp_path / "validation").exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_sum_screen_finds_every_non_finite_value_and_no_overflowing_finite_one(bad, dtype):
+    huge = torch.full((10,), torch.finfo(dtype).max, dtype=dtype)  # finite, but its sum overflows
+    broken = torch.zeros(1000, dtype=dtype)
+    broken[517] = bad
+    assert all_finite([huge, torch.ones(3, dtype=dtype)]) and first_non_finite([("huge", huge)]) is None
+    assert not all_finite([huge, broken]) and first_non_finite([("huge", huge), ("broken", broken)]) == "broken"
+    both = torch.tensor([float("inf"), -float("inf")], dtype=dtype)
+    assert not all_finite([both]) and all_finite([])
 
 
 def test_the_error_says_when_no_checkpoint_was_written_yet(tmp_path):
