@@ -6,6 +6,8 @@ each changes where or when tensors live, never a loss or gradient value.
   through validation and the next forward.
 - Frozen weights are cast to the compute dtype in `FrozenPlacement.setup`, before the strategy moves the module to
   the device, so they never arrive there in fp32.
+- Trained weights that stay in host memory get memory of their own before the first step (`own_host_memory`,
+  called by `AmusedModule.setup`) instead of being faulted in page by page by the optimizer's first update.
 - Validation sampling brings the text encoder (`on_device`) and the VQ decoder side (`sampling_parts`) to the device
   only while they run, and decodes `model.memory.decode_chunk_size` images at a time (about 0.6 GB of fp32
   activations per 512 px image).
@@ -13,7 +15,7 @@ each changes where or when tensors live, never a loss or gradient value.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -25,6 +27,18 @@ def module_device(module: nn.Module) -> torch.device | None:
     """Where the module's first parameter lives (None: it has none)."""
     first = next(module.parameters(), None)
     return None if first is None else first.device
+
+
+def own_host_memory(params: Iterable[nn.Parameter]) -> int:
+    """Copy each parameter in host memory into memory of its own; how many were copied. A weight loaded from a
+    safetensors file maps the file's pages copy-on-write, and the optimizer's first update of it would fault them in
+    one 4 KB page at a time: 10 s of the first step for amused-256's 2.4 GB on 2 cores, against 0.9 s to copy them."""
+    copied = 0
+    for param in params:
+        if param.device.type == "cpu":
+            param.data = param.data.clone()
+            copied += 1
+    return copied
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from amused_lightning.model.adapters import LoraSettings
 from amused_lightning.model.amused import AmusedModel
 from amused_lightning.model.encoding import drop_conditioning, encode_image_tokens, encode_prompts, tokenize_prompts
 from amused_lightning.model.finetuning import TextEncoderSettings
-from amused_lightning.model.memory import on_device
+from amused_lightning.model.memory import on_device, own_host_memory
 from amused_lightning.model.spec import ModelSpec
 from amused_lightning.run.checkpoint import RunCheckpoint, mark
 from amused_lightning.seeding import derive_seed, micro_batch_slot
@@ -131,6 +131,11 @@ class AmusedModule(L.LightningModule):
                 model.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.memory.compile:
             model.transformer.compile()
+
+    def setup(self, stage: str) -> None:
+        # Before the strategy places the module: on a GPU the move to the device gives the weights memory of their own.
+        if stage == "fit" and self.trainer.strategy.root_device.type == "cpu":
+            own_host_memory(param for param in self.model.parameters() if param.requires_grad)
 
     def train(self, mode: bool = True) -> AmusedModule:
         super().train(mode)

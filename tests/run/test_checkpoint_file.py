@@ -1,5 +1,6 @@
-"""Checkpoints stream to disk: no copy of the checkpoint in memory, the target replaced only by a complete file, the
-mode the umask gives, and a writer the user chose kept."""
+"""Checkpoints stream to disk: no copy of the checkpoint in memory, written behind (on disk and out of the page cache
+as they are written), the target replaced only by a complete file on disk, the mode the umask gives, and a writer the
+user chose kept."""
 
 import os
 import stat
@@ -14,6 +15,7 @@ from amused_lightning.run import checkpoint_file
 from amused_lightning.run.checkpoint_file import (
     PARTIAL_NAME,
     StreamingCheckpointIO,
+    WriteBehindFile,
     save_atomically,
     stream_checkpoints,
 )
@@ -50,6 +52,34 @@ def test_a_checkpoint_streams_to_disk_and_loads_back(tmp_path):
     loaded = torch.load(path, weights_only=True)
     assert loaded["global_step"] == 7 and torch.equal(loaded["state_dict"]["w"], saved["state_dict"]["w"])
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "no temporary file is left"
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no page cache advice on this platform")
+def test_a_checkpoint_is_put_on_disk_and_out_of_the_cache_as_it_is_written(tmp_path, monkeypatch):
+    synced, dropped, folders = [], [], []
+    real_fsync = os.fsync
+    monkeypatch.setattr(checkpoint_file, "WRITE_BEHIND_BYTES", 1 << 20)
+    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(os.fstat(fd).st_size), raising=False)
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: dropped.append((offset, length,
+                                                                                                   advice)))
+    monkeypatch.setattr(os, "fsync", lambda fd: folders.append(stat.S_ISDIR(os.fstat(fd).st_mode)) or real_fsync(fd))
+    saved = {"state_dict": {f"w{i}": torch.full((2**18,), float(i)) for i in range(8)}}  # eight 1 MB records
+    path = tmp_path / "last.ckpt"
+    save_atomically(saved, path)
+    size = path.stat().st_size
+    assert len(synced) >= 8 and synced == sorted(synced) and synced[-1] == size, "on disk every MB, and all of it"
+    assert [length for _, length, _ in dropped] == synced and {(o, a) for o, _, a in dropped} == {
+        (0, os.POSIX_FADV_DONTNEED)}, "each synced part leaves the cache"
+    assert folders == [True], "the new name is put on disk too"
+    assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w7"], saved["state_dict"]["w7"])
+
+
+def test_write_behind_writes_all_it_is_given(tmp_path):
+    pieces = [b"header", memoryview(torch.arange(1000, dtype=torch.int16).numpy()), bytearray(b"end")]
+    with WriteBehindFile(tmp_path / "f") as file:
+        assert [file.write(piece) for piece in pieces] == [6, 2000, 3]
+        file.sync()
+    assert (tmp_path / "f").read_bytes() == b"header" + bytes(pieces[1]) + b"end"
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):

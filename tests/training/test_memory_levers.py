@@ -14,7 +14,7 @@ from amused_lightning.callbacks.placement import FrozenPlacement
 from amused_lightning.callbacks.validation_images import validation_pixels
 from amused_lightning.model.adapters import LoraSettings
 from amused_lightning.model.decoding import GenerationSettings, decode_image_tokens, to_pil
-from amused_lightning.model.memory import sampling_parts
+from amused_lightning.model.memory import own_host_memory, sampling_parts
 from amused_lightning.training.module import AmusedModule
 from amused_lightning.training.settings import LRScheduleSettings, MemorySettings, ValidationSettings
 
@@ -68,6 +68,30 @@ def test_frozen_weights_are_cast_before_the_strategy_moves_the_module():
     trainer.strategy.model_to_device = recording_move
     trainer.fit(module, DataLoader(encoded_samples(8), batch_size=2))
     assert arriving == [{torch.bfloat16}]
+
+
+def test_weights_mapped_from_a_file_get_memory_of_their_own(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    save_file({"weight": torch.randn(64, 64)}, tmp_path / "w.safetensors")
+    layer = torch.nn.Linear(64, 64, bias=False)
+    layer.load_state_dict(load_file(tmp_path / "w.safetensors"), assign=True)  # the file's pages, copy-on-write
+    mapped, values = layer.weight.data_ptr(), layer.weight.detach().clone()
+    assert own_host_memory(layer.parameters()) == 1
+    assert layer.weight.data_ptr() != mapped and torch.equal(layer.weight, values) and layer.weight.requires_grad
+    on_meta = torch.nn.Linear(2, 2, device="meta")
+    assert own_host_memory(on_meta.parameters()) == 0, "only host memory is copied"
+
+
+def test_a_fit_on_the_cpu_copies_the_trained_weights_and_leaves_the_frozen_ones():
+    module = AmusedModule("tiny", lora=LoraSettings(r=4), lr_schedule=LRScheduleSettings(warmup_steps=0))
+    params = list(module.model.parameters())
+    loaded = [p.data_ptr() for p in params]
+    tiny_trainer([]).fit(module, DataLoader(encoded_samples(4), batch_size=2))
+    moved = {p.requires_grad: set() for p in params}
+    for p, before in zip(params, loaded):
+        moved[p.requires_grad].add(p.data_ptr() != before)
+    assert moved == {True: {True}, False: {False}}
 
 
 def test_one_image_at_a_time_decodes_the_batched_pixels(tiny):
