@@ -3,11 +3,10 @@ then copies those bytes once more before writing them: for a full finetune of am
 two moments, 7.2 GB) that is 14 GB of host memory at every save and minutes of paging on a small machine. Here a
 local checkpoint streams into a temporary file beside its target, which replaces the target only once complete and on
 disk. What is written goes to disk as it is written and leaves the page cache: a checkpoint is read back rarely, and
-7 GB of fresh cache pages cost a small machine more than the disk does (scripts/checkpoint_write_speed.py)."""
+7 GB of fresh cache pages cost a small machine more than the disk does (`write_behind`)."""
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Any
@@ -17,49 +16,12 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from amused_lightning.write_behind import WriteBehindFile, sync_folder
+
 PARTIAL_NAME = ".checkpoint.partial"
 """The file a checkpoint is written to before it takes its name. One process writes a run's checkpoints, one at a
 time (the run folder's lock), so one name per folder: a save killed outright leaves it for the next save to replace,
 whichever checkpoint that is, not a new one each time."""
-
-WRITE_BEHIND_BYTES = 64 << 20
-"""How much of a checkpoint may wait in the page cache before it is put on disk and dropped from the cache."""
-
-
-class WriteBehindFile(io.FileIO):
-    """A binary file that puts what it is given on disk every WRITE_BEHIND_BYTES and then drops it from the page
-    cache, so that a save holds at most that much of the cache; `sync` puts the rest on disk."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, "wb")
-        self.unsynced = self.synced = 0
-
-    def write(self, data: Any) -> int:
-        """Write all of `data` (a raw write may take only part of it)."""
-        view, done = memoryview(data).cast("B"), 0
-        while done < len(view):
-            done += super().write(view[done:])
-        self.unsynced += done
-        if self.unsynced >= WRITE_BEHIND_BYTES:
-            self.sync()
-        return done
-
-    def sync(self) -> None:
-        """Put everything written on disk, then let the kernel reuse its cache pages."""
-        getattr(os, "fdatasync", os.fsync)(self.fileno())
-        self.synced, self.unsynced = self.synced + self.unsynced, 0
-        if hasattr(os, "posix_fadvise"):  # Linux and most Unixes; elsewhere the cache keeps the pages
-            os.posix_fadvise(self.fileno(), 0, self.synced, os.POSIX_FADV_DONTNEED)
-
-
-def sync_folder(folder: Path) -> None:
-    """Put a folder's entries (a file's new name) on disk; Windows keeps no handle on a folder to sync."""
-    if os.name == "posix":
-        handle = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(handle)
-        finally:
-            os.close(handle)
 
 
 def save_atomically(checkpoint: dict[str, Any], path: Path) -> None:

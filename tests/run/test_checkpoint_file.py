@@ -11,11 +11,11 @@ import pytest
 import torch
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
+from amused_lightning import write_behind
 from amused_lightning.run import checkpoint_file
 from amused_lightning.run.checkpoint_file import (
     PARTIAL_NAME,
     StreamingCheckpointIO,
-    WriteBehindFile,
     save_atomically,
     stream_checkpoints,
 )
@@ -58,7 +58,7 @@ def test_a_checkpoint_streams_to_disk_and_loads_back(tmp_path):
 def test_a_checkpoint_is_put_on_disk_and_out_of_the_cache_as_it_is_written(tmp_path, monkeypatch):
     synced, dropped, folders = [], [], []
     real_fsync = os.fsync
-    monkeypatch.setattr(checkpoint_file, "WRITE_BEHIND_BYTES", 1 << 20)
+    monkeypatch.setattr(write_behind, "WRITE_BEHIND_BYTES", 1 << 20)
     monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(os.fstat(fd).st_size), raising=False)
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: dropped.append((offset, length,
                                                                                                    advice)))
@@ -72,14 +72,6 @@ def test_a_checkpoint_is_put_on_disk_and_out_of_the_cache_as_it_is_written(tmp_p
         (0, os.POSIX_FADV_DONTNEED)}, "each synced part leaves the cache"
     assert folders == [True], "the new name is put on disk too"
     assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w7"], saved["state_dict"]["w7"])
-
-
-def test_write_behind_writes_all_it_is_given(tmp_path):
-    pieces = [b"header", memoryview(torch.arange(1000, dtype=torch.int16).numpy()), bytearray(b"end")]
-    with WriteBehindFile(tmp_path / "f") as file:
-        assert [file.write(piece) for piece in pieces] == [6, 2000, 3]
-        file.sync()
-    assert (tmp_path / "f").read_bytes() == b"header" + bytes(pieces[1]) + b"end"
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
