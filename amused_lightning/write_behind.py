@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,20 @@ WRITE_BEHIND_BYTES = 64 << 20
 
 SAFETENSORS_DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e4m3fnuz: "F8_E4M3FNUZ", torch.float8_e5m2: "F8_E5M2",
+    torch.float8_e5m2fnuz: "F8_E5M2FNUZ", torch.complex64: "C64", torch.int64: "I64", torch.int32: "I32",
+    torch.int16: "I16", torch.int8: "I8", torch.uint64: "U64", torch.uint32: "U32", torch.uint16: "U16",
+    torch.uint8: "U8", torch.bool: "BOOL",
 }
-"""The safetensors format's name of each dtype a model's weights and buffers hold."""
+"""The safetensors format's name of each dtype it stores."""
+SWAP_VIEWS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+"""The integer dtype of each number size, to swap bytes with (on a big-endian host; the format is little-endian)."""
 
 
 class WriteBehindFile(io.FileIO):
     """A binary file that puts what it is given on disk every WRITE_BEHIND_BYTES and then drops it from the page
-    cache, so that a save holds at most that much of the cache; `sync` puts the rest on disk."""
+    cache, so that a save holds about that much of the cache (plus the piece being written); `sync` puts the rest
+    on disk."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, "wb")
@@ -69,14 +75,22 @@ def copy_behind(source: str | Path, target: str | Path) -> str | Path:
     return target
 
 
+def file_order(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names in the order their bytes go in the file, as safetensors orders them: wider dtypes first, then by name,
+    so that each tensor starts at a multiple of its element size."""
+    return sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+
+
 def safetensors_header(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> bytes:
-    """The length-prefixed JSON header of a safetensors file holding `tensors` in name order."""
+    """The length-prefixed JSON header of a safetensors file holding `tensors` in `file_order`."""
+    if metadata and not all(isinstance(value, str) for value in metadata.values()):
+        raise ValueError(f"safetensors metadata holds only strings, not {metadata}")
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     offset = 0
-    for name in sorted(tensors):
+    for name in file_order(tensors):
         tensor = tensors[name]
         if tensor.dtype not in SAFETENSORS_DTYPES:
-            raise ValueError(f"{name}: safetensors has no dtype {tensor.dtype}")
+            raise ValueError(f"{name}: the safetensors format has no dtype {tensor.dtype}")
         size = tensor.numel() * tensor.element_size()
         header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
                         "data_offsets": [offset, offset + size]}
@@ -86,17 +100,40 @@ def safetensors_header(tensors: dict[str, torch.Tensor], metadata: dict[str, str
     return len(text).to_bytes(8, "little") + text
 
 
+def byte_span(tensor: torch.Tensor) -> tuple[int, int]:
+    """The addresses of a tensor's first byte and one past its last element's."""
+    last = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
+    return tensor.data_ptr(), tensor.data_ptr() + (last + 1) * tensor.element_size()
+
+
+def check_no_overlap(tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors whose bytes overlap (one weight under two names), as safetensors does: each name's bytes are
+    stored once, and a loader would get two weights where there was one. Separate slices of one storage pass."""
+    spans = sorted((*byte_span(t), name) for name, t in tensors.items() if t.numel() and t.device.type != "meta")
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise ValueError(f"{first} and {second} share memory; give each its own copy (safetensors stores each "
+                             "name's bytes once)")
+
+
+def little_endian_bytes(tensor: torch.Tensor) -> Any:
+    """A contiguous CPU tensor's bytes in the format's byte order (numbers swapped on a big-endian host)."""
+    if sys.byteorder == "big" and tensor.element_size() > 1:
+        unit = tensor.element_size() // (2 if tensor.is_complex() else 1)
+        tensor = torch.from_numpy(tensor.view(SWAP_VIEWS[unit]).numpy().byteswap())
+    return tensor.reshape(-1).view(torch.uint8).numpy()
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
     """`safetensors.torch.save_file`, written behind: a file safetensors reads, each tensor's bytes streamed from the
-    tensor itself (no copy of the whole file in memory). Tensors that share memory are refused, as safetensors does."""
-    storages = [t.untyped_storage().data_ptr() for t in tensors.values() if t.numel()]
-    if len(storages) != len(set(storages)):
-        raise ValueError(f"{path}: some tensors share memory; give each its own copy (safetensors keeps one per name)")
+    tensor itself (no copy of the whole file in memory). Everything is checked before the file is opened."""
+    check_no_overlap(tensors)
+    header = safetensors_header(tensors, metadata)
     with WriteBehindFile(path) as file:
-        file.write(safetensors_header(tensors, metadata))
-        for name in sorted(tensors):
+        file.write(header)
+        for name in file_order(tensors):
             tensor = tensors[name].detach().cpu().contiguous()
             if tensor.numel():
-                file.write(tensor.reshape(-1).view(torch.uint8).numpy())
+                file.write(little_endian_bytes(tensor))
         file.sync()
     return path

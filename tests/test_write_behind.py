@@ -1,8 +1,11 @@
 """Large files written behind: all of what is given, on disk and out of the page cache as it goes; safetensors files
 that safetensors reads back exactly; file copies byte for byte."""
 
+import json
 import os
+import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -42,12 +45,43 @@ def test_a_safetensors_file_written_behind_reads_back_as_safetensors_own(tmp_pat
         assert file.metadata() == {"format": "pt"}
 
 
-def test_tensors_that_share_memory_are_refused_as_safetensors_refuses_them(tmp_path):
-    weight = torch.randn(4, 4)
+def test_each_tensor_starts_at_a_multiple_of_its_element_size(tmp_path):
+    save_safetensors(tensors(), tmp_path / "w.safetensors")
+    with open(tmp_path / "w.safetensors", "rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(length))
+    assert (8 + length) % 8 == 0, "the data starts 8-byte aligned"
+    for name, entry in header.items():
+        assert entry["data_offsets"][0] % tensors()[name].element_size() == 0, name
+
+
+def test_what_safetensors_cannot_hold_is_refused_before_a_file_is_written(tmp_path):
+    weight, path = torch.randn(4, 4), tmp_path / "w.safetensors"
+    with pytest.raises(ValueError, match="embed and head share memory"):
+        save_safetensors({"embed": weight, "head": weight}, path)
     with pytest.raises(ValueError, match="share memory"):
-        save_safetensors({"embed": weight, "head": weight}, tmp_path / "tied.safetensors")
-    with pytest.raises(ValueError, match="safetensors has no dtype"):
-        save_safetensors({"z": torch.zeros(2, dtype=torch.complex64)}, tmp_path / "complex.safetensors")
+        save_safetensors({"all": weight, "row": weight[1]}, path)
+    with pytest.raises(ValueError, match="no dtype torch.complex128"):
+        save_safetensors({"z": torch.zeros(2, dtype=torch.complex128)}, path)
+    with pytest.raises(ValueError, match="only strings"):
+        save_safetensors({"w": weight}, path, {"format": 1})
+    assert not path.exists()
+
+
+def test_separate_slices_of_one_storage_are_saved_as_safetensors_saves_them(tmp_path):
+    flat = torch.arange(8.0)
+    save_safetensors({"low": flat[:4], "high": flat[4:]}, tmp_path / "w.safetensors")
+    back = load_file(tmp_path / "w.safetensors")
+    assert torch.equal(back["low"], flat[:4]) and torch.equal(back["high"], flat[4:])
+
+
+def test_numbers_are_written_little_endian_on_a_big_endian_host(tmp_path, monkeypatch):
+    values = torch.tensor([1.0, -2.5, 3.25])
+    monkeypatch.setattr(sys, "byteorder", "big")  # this host is little-endian: its bytes must then be swapped
+    save_safetensors({"x": values}, tmp_path / "w.safetensors")
+    monkeypatch.undo()
+    data = (tmp_path / "w.safetensors").read_bytes()[-12:]
+    assert data == np.array([1.0, -2.5, 3.25], dtype=">f4").tobytes(), "swapped, as a big-endian host would need"
 
 
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no page cache advice on this platform")

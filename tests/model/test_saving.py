@@ -43,8 +43,12 @@ def test_a_model_past_the_shard_size_is_split_with_an_index(tmp_path, monkeypatc
 
 def test_trained_weights_are_taken_as_they_are_or_cast_into_the_models_own():
     layer = torch.nn.Linear(3, 2)
+    layer.bias.requires_grad_(False)
     weight, bias = torch.randn(2, 3), torch.randn(2, dtype=torch.float64)
+    given = {"weight": weight.clone(), "bias": bias.clone()}
     load_weights(layer, {"weight": weight, "bias": bias})
     assert layer.weight.data_ptr() == weight.data_ptr(), "the same dtype and device: the tensor itself, no copy"
     assert layer.bias.dtype == torch.float32 and torch.equal(layer.bias, bias.float()), "another dtype: cast in"
     assert isinstance(layer.weight, torch.nn.Parameter) and layer.weight.requires_grad
+    assert not layer.bias.requires_grad, "a frozen weight stays frozen"
+    assert torch.equal(weight, given["weight"]) and torch.equal(bias, given["bias"]), "the given tensors unchanged"
