@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from reference_speed import spread
 
 PIECE = 1_230_000
 WRITERS = ("page cache", "write-behind")
@@ -88,11 +89,6 @@ def run_child(file: str, writer: str, gigabytes: float, folder: Path) -> dict[st
         out = subprocess.run([sys.executable, __file__, "--child", writer, "--file", file, "--gigabytes",
                               str(gigabytes), "--folder", scratch], check=True, capture_output=True, text=True).stdout
     return json.loads(out.splitlines()[-1])
-
-
-def spread(values: list[float]) -> str:
-    """`median (min-max)`."""
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> None:
